@@ -1,0 +1,96 @@
+"""qdq-passes: compiler passes over quantized (QDQ) ONNX models.
+
+The public API::
+
+    import qdq_passes
+    model = qdq_passes.run("model.onnx", "constants-to-initializers,dce,topo-sort")
+    pipeline = qdq_passes.parse_pipeline("dce,topo-sort")
+    print(pipeline)               # canonical text, every option spelled out
+
+Every pass is an ``onnx_ir.passes.InPlacePass`` and also runs in a plain onnx_ir PassManager.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir
+
+from qdq_passes.infra.errors import QdqError
+from qdq_passes.infra.manager import PassManager, RunReport
+from qdq_passes.infra.pass_base import QdqPass
+from qdq_passes.infra.pipeline import Pipeline, parse_pipeline
+from qdq_passes.infra.registry import get_pass, register_pass, registered_passes
+from qdq_passes.model_io import load_model, save_model
+from qdq_passes.runtime import configure
+
+__all__ = [
+    "run",
+    "run_with_report",
+    "parse_pipeline",
+    "Pipeline",
+    "PassManager",
+    "QdqPass",
+    "QdqError",
+    "register_pass",
+    "get_pass",
+    "registered_passes",
+    "load_model",
+    "save_model",
+    "configure",
+    "stamp_provenance",
+    "__version__",
+]
+
+try:
+    __version__ = _metadata.version("qdq-passes")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0.0.0+unknown"
+
+PIPELINE_KEY = "qdq_passes.pipeline"
+VERSION_KEY = "qdq_passes.version"
+
+
+def run(model: str | Path | onnx.ModelProto | onnx_ir.Model, pipeline: str | Pipeline, **options: Any) -> onnx_ir.Model:
+    """Run a pipeline on a model (a path, a ModelProto or an onnx_ir.Model) and return the result.
+
+    The input is never modified: paths and protos are loaded afresh, an ``onnx_ir.Model`` is cloned
+    unless ``in_place=True``. Keyword options: ``in_place``, ``threads``, ``seed``, and the
+    :class:`PassManager` instrumentation options (``verify_each``, ``print_ir_after_all``, ...).
+    """
+    return run_with_report(model, pipeline, **options)[0]
+
+
+def run_with_report(
+    model: str | Path | onnx.ModelProto | onnx_ir.Model,
+    pipeline: str | Pipeline,
+    *,
+    in_place: bool = False,
+    threads: int | None = None,
+    seed: int | None = None,
+    **manager_options: Any,
+) -> tuple[onnx_ir.Model, RunReport]:
+    """As :func:`run`, also returning the :class:`RunReport` (timings, statistics)."""
+    configure(threads=threads, seed=seed)
+    if isinstance(pipeline, str):
+        pipeline = parse_pipeline(pipeline)
+    if isinstance(model, (str, Path)):
+        ir_model = load_model(model)
+    elif isinstance(model, onnx.ModelProto):
+        ir_model = onnx_ir.from_proto(onnx.load_model_from_string(model.SerializeToString()))
+    elif isinstance(model, onnx_ir.Model):
+        ir_model = model if in_place else model.clone()
+    else:
+        raise TypeError(f"run() takes a path, an onnx.ModelProto or an onnx_ir.Model, not {type(model).__name__}")
+    report = PassManager(pipeline, **manager_options).run(ir_model)
+    stamp_provenance(ir_model, pipeline)
+    return ir_model, report
+
+
+def stamp_provenance(model: onnx_ir.Model, pipeline: Pipeline) -> None:
+    """Record the canonical pipeline and the library version in the model's ``metadata_props``."""
+    model.metadata_props[PIPELINE_KEY] = str(pipeline)
+    model.metadata_props[VERSION_KEY] = __version__

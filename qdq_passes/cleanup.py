@@ -1,0 +1,169 @@
+"""Clean-up passes: onnx_ir's common passes under short names, plus ``constants-to-initializers``.
+
+Each wraps the onnx_ir pass that does the work (never re-written here) and adds what qdq-opt
+needs: a registry name, typed options and statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import onnx_ir
+from onnx_ir.passes import common as ir_common
+
+from qdq_passes.infra.verify import verify_model
+from qdq_passes.infra.options import option
+from qdq_passes.infra.pass_base import QdqPass
+from qdq_passes.infra.registry import register_pass
+
+__all__ = [
+    "DeadCodeEliminationPass",
+    "CommonSubexpressionEliminationPass",
+    "TopologicalSortPass",
+    "CheckPass",
+    "ShapeInferencePass",
+    "ConstantsToInitializersPass",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _count_nodes(model: onnx_ir.Model) -> int:
+    return sum(1 for _ in onnx_ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def _count_initializers(model: onnx_ir.Model) -> int:
+    return sum(len(graph.initializers) for graph in model.graphs())
+
+
+@register_pass
+class DeadCodeEliminationPass(QdqPass):
+    """Remove nodes whose outputs nothing uses, then unused initializers, functions and opsets.
+
+    1. A node none of whose outputs is used or is a graph output: removed (in subgraphs too).
+    2. An initializer that no node uses and that is not a graph output: removed.
+    3. A model-local function that no node calls: removed.
+    4. An opset import that no node uses: removed (the default domain is always kept).
+    """
+
+    argument = "dce"
+    summary = "Remove unused nodes, initializers, functions and opset imports"
+    statistics = {"num-nodes-removed": "nodes removed", "num-initializers-removed": "initializers removed"}
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        nodes, inits = _count_nodes(model), _count_initializers(model)
+        modified = ir_common.RemoveUnusedNodesPass()(model).modified
+        modified |= ir_common.RemoveUnusedFunctionsPass()(model).modified
+        modified |= ir_common.RemoveUnusedOpsetsPass()(model).modified
+        self.bump("num-nodes-removed", nodes - _count_nodes(model))
+        self.bump("num-initializers-removed", inits - _count_initializers(model))
+        return onnx_ir.passes.PassResult(model, modified)
+
+
+@register_pass
+class CommonSubexpressionEliminationPass(QdqPass):
+    """Merge nodes that compute the same thing from the same inputs with the same attributes.
+
+    1. Two nodes with equal op, domain, attributes and inputs: the later one's uses go to the earlier.
+    2. Nodes with subgraphs, and non-deterministic ops (e.g. RandomNormal), are left alone.
+    3. A node whose outputs are graph outputs keeps them (the graph's signature does not change).
+    """
+
+    argument = "cse"
+    summary = "Merge duplicate computations (common subexpression elimination)"
+    statistics = {"num-nodes-removed": "duplicate nodes removed"}
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        before = _count_nodes(model)
+        result = ir_common.CommonSubexpressionEliminationPass()(model)
+        self.bump("num-nodes-removed", before - _count_nodes(model))
+        return onnx_ir.passes.PassResult(model, result.modified)
+
+
+@register_pass
+class TopologicalSortPass(QdqPass):
+    """Order nodes so each comes after the producers of its inputs (stable for already sorted graphs)."""
+
+    argument = "topo-sort"
+    summary = "Sort nodes topologically (stable: a sorted graph is left as it is)"
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        return onnx_ir.passes.PassResult(model, ir_common.TopologicalSortPass()(model).modified)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOptions:
+    """Options of ``check``."""
+
+    full_check: bool = option(False, "also run ONNX shape inference in strict mode")
+
+
+@register_pass
+class CheckPass(QdqPass):
+    """Run the ONNX checker (large initializers left out of the copy it checks); never modifies."""
+
+    argument = "check"
+    summary = "Validate the model with the ONNX checker"
+    Options = CheckOptions
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        verify_model(model, full_check=self.options.full_check)
+        return onnx_ir.passes.PassResult(model, False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeInferOptions:
+    """Options of ``shape-infer``."""
+
+    strict: bool = option(False, "fail on inference errors instead of leaving shapes unknown")
+    data_prop: bool = option(True, "propagate constant shape values (Shape -> Reshape chains)")
+
+
+@register_pass
+class ShapeInferencePass(QdqPass):
+    """Fill in value types and shapes with ONNX shape inference; existing information is merged."""
+
+    argument = "shape-infer"
+    summary = "Infer value types and shapes with ONNX shape inference"
+    Options = ShapeInferOptions
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        inner = ir_common.ShapeInferencePass(strict_mode=self.options.strict, data_prop=self.options.data_prop)
+        return onnx_ir.passes.PassResult(model, inner(model).modified)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantsToInitializersOptions:
+    """Options of ``constants-to-initializers``."""
+
+    min_elements: int = option(0, "lift only tensors with at least this many elements")
+    all_constants: bool = option(False, "also lift value_float(s)/value_int(s)/value_string(s) Constants")
+
+
+@register_pass
+class ConstantsToInitializersPass(QdqPass):
+    """Turn tensor-valued ``Constant`` nodes into initializers, so weight quantizers can see them.
+
+    Paddle exports keep every weight in a Constant node; quantizers (onnxruntime's included) only
+    treat initializers as weights.
+
+    1. ``Constant(value=tensor)``: becomes an initializer named as the Constant's output.
+    2. Scalar/list forms (``value_float``, ``value_ints``, ...): lifted only with ``all-constants``.
+    3. A Constant whose output is a graph output: kept (an initializer cannot be one).
+    4. Constants inside subgraphs become initializers of that subgraph.
+    """
+
+    argument = "constants-to-initializers"
+    summary = "Turn tensor-valued Constant nodes into initializers"
+    Options = ConstantsToInitializersOptions
+    statistics = {"num-lifted": "Constant nodes turned into initializers"}
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        before = _count_initializers(model)
+        inner = ir_common.LiftConstantsToInitializersPass(
+            lift_all_constants=self.options.all_constants, size_limit=self.options.min_elements
+        )
+        modified = inner(model).modified
+        self.bump("num-lifted", _count_initializers(model) - before)
+        return onnx_ir.passes.PassResult(model, modified)

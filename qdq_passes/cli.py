@@ -1,0 +1,152 @@
+"""``qdq-opt``: run a pass pipeline over an ONNX model, in the manner of ``mlir-opt``.
+
+    qdq-opt IN -o OUT -p 'constants-to-initializers,dce,topo-sort' --timing --pass-statistics
+
+Exit codes: 0 success, 1 a failure (bad model, failing pass), 2 a usage error (unknown pass or
+option, malformed pipeline). Errors are one line (pipeline errors add a caret line) without a
+traceback unless ``--debug``; the input is never modified and no output is created on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from qdq_passes.infra.errors import QdqError, UsageError
+from qdq_passes.infra.options import option_fields
+from qdq_passes.infra.registry import get_pass, registered_passes
+
+__all__ = ["main", "build_parser", "list_passes_text"]
+
+PROG = "qdq-opt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``qdq-opt``."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a pipeline of qdq-passes passes over an ONNX model (.onnx, .onnxtxt, or - for stdin).",
+        epilog="Pipeline syntax: pass{key=value key2=[a,b]},other-pass  (see --list-passes)",
+    )
+    p.add_argument("input", nargs="?", help="input model: .onnx (external data allowed), .onnxtxt, or - (stdin)")
+    p.add_argument("-o", "--output", default="-", help="output model: .onnx, .onnxtxt, or - (stdout, ONNX text; default)")
+    p.add_argument("-p", "--pipeline", "--pass-pipeline", dest="pipeline", help="the pass pipeline to run")
+    p.add_argument("--list-passes", action="store_true", help="list every pass with its options and statistics, then exit")
+    p.add_argument("--print-ir-before", action="append", default=[], metavar="PASS", help="print the IR before PASS (repeatable)")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS", help="print the IR after PASS (repeatable)")
+    p.add_argument("--print-ir-before-all", action="store_true", help="print the IR before every pass")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    p.add_argument("--timing", action="store_true", help="print each pass's wall time")
+    p.add_argument("--pass-statistics", action="store_true", help="print each pass's statistics")
+    p.add_argument("--verify-each", dest="verify_each", action="store_true", default=True,
+                   help="verify the model after every pass (default)")
+    p.add_argument("--no-verify-each", dest="verify_each", action="store_false", help="do not verify after each pass")
+    p.add_argument("--reproducer", metavar="FILE", help="on failure, write the failing pass's input with a RUN line to FILE")
+    p.add_argument("--external-data", choices=["auto", "yes", "no"], default="auto",
+                   help="save tensors to OUT.data: auto keeps the input's choice (default)")
+    p.add_argument("--binary", action="store_true", help="write binary ONNX to stdout instead of ONNX text")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and onnxruntime threads (default: half the available cores, at least 1)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    return p
+
+
+def list_passes_text() -> str:
+    """The ``--list-passes`` listing: name, summary, options (type, default, help), statistics."""
+    lines = ["Available passes:"]
+    for name, cls in registered_passes().items():
+        lines.append(f"  {name}")
+        lines.append(f"      {cls.summary}")
+        for field in option_fields(cls.Options):
+            default = field.format(field.default)
+            lines.append(f"      {field.key}=<{field.type_name}>  (default {default})")
+            lines.extend(textwrap.wrap(field.help, width=88, initial_indent=" " * 10, subsequent_indent=" " * 10))
+        if cls.statistics:
+            lines.append("      statistics: " + ", ".join(cls.statistics))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    try:
+        return _run(parser, args)
+    except QdqError as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback unless --debug
+        if args.debug:
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.list_passes:
+        print(list_passes_text())
+        return 0
+    if args.input is None:
+        raise UsageError("no input model given (see --help)")
+    if args.pipeline is None:
+        raise UsageError("no pipeline given: use -p 'pass1,pass2' (see --list-passes)")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+
+    import qdq_passes
+    from qdq_passes.infra.manager import PassManager
+    from qdq_passes.model_io import load_model, save_model
+
+    pipeline = qdq_passes.parse_pipeline(args.pipeline)
+    for name in [*args.print_ir_before, *args.print_ir_after]:
+        get_pass(name)
+    qdq_passes.configure(threads=args.threads, seed=args.seed)
+    model = load_model(args.input)
+    if args.verify_each:
+        from qdq_passes.infra.verify import verify_model
+
+        try:
+            verify_model(model)
+        except QdqError as exc:
+            raise type(exc)(f"{args.input}: invalid input model: {exc}") from None
+    manager = PassManager(
+        pipeline,
+        verify_each=args.verify_each,
+        print_ir_before=args.print_ir_before,
+        print_ir_after=args.print_ir_after,
+        print_ir_before_all=args.print_ir_before_all,
+        print_ir_after_all=args.print_ir_after_all,
+        reproducer=args.reproducer,
+    )
+    report = manager.run(model)
+    qdq_passes.stamp_provenance(model, pipeline)
+    external = {"auto": None, "yes": True, "no": False}[args.external_data]
+    if args.output == "-" and args.binary:
+        save_model(model, "-")
+    elif args.output == "-":
+        import onnx
+        import onnx_ir
+
+        model = onnx_ir.external_data.load_to_model(model)
+        sys.stdout.write(onnx.printer.to_text(onnx_ir.to_proto(model)) + "\n")
+    else:
+        save_model(model, args.output, external_data=external)
+    if args.timing:
+        print(report.timing_table(), file=sys.stderr)
+    if args.pass_statistics:
+        print(report.statistics_table(), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

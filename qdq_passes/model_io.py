@@ -1,0 +1,172 @@
+"""Reading and writing models: ``.onnx`` (with external data), ``.onnxtxt`` (ONNX text), ``-``.
+
+Loading never reads a file outside the model's folder through an external-data reference, and
+every failure names the file. Writing is atomic: everything goes to a temporary folder beside the
+target and is renamed into place, so a failed save leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import google.protobuf.message
+import onnx
+import onnx_ir
+
+from qdq_passes.infra.errors import ModelLoadError, ModelSaveError
+
+__all__ = ["load_model", "save_model", "write_text_atomically", "model_format", "EXTERNAL_DATA_THRESHOLD"]
+
+#: Models whose initializers add up past this size are saved with external data (protobuf caps at 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1536 * 1024 * 1024
+_TEXT_SUFFIXES = (".onnxtxt", ".txt", ".onnxtext")
+
+
+def model_format(path: str | Path) -> str:
+    """``"text"`` for ONNX text files, ``"binary"`` otherwise."""
+    return "text" if str(path).endswith(_TEXT_SUFFIXES) else "binary"
+
+
+def load_model(path: str | Path) -> onnx_ir.Model:
+    """Load a model from ``.onnx``, ``.onnxtxt`` or ``-`` (stdin; text or binary, sniffed)."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read()
+        return _from_bytes(data, "<stdin>", text=_looks_like_text(data))
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, not a model file")
+    if model_format(path) == "text":
+        return _from_bytes(_read(path), str(path), text=True)
+    try:
+        model = onnx_ir.load(path)
+    except (google.protobuf.message.DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    _check_external_data(model, path)
+    return model
+
+
+def save_model(model: onnx_ir.Model, path: str | Path, *, external_data: bool | None = None) -> None:
+    """Save atomically to ``.onnx``, ``.onnxtxt`` or ``-`` (stdout).
+
+    ``external_data``: None keeps tensors external if the model had any (or is too big for one
+    protobuf), writing them to ``<name>.data`` beside the output; True/False forces it.
+    """
+    if str(path) == "-" or model_format(path) == "text":
+        # Single-stream outputs hold every tensor inline.
+        model = onnx_ir.external_data.load_to_model(model)
+    if str(path) == "-":
+        sys.stdout.buffer.write(onnx_ir.to_proto(model).SerializeToString())
+        sys.stdout.buffer.flush()
+        return
+    path = Path(path)
+    if model_format(path) == "text":
+        write_text_atomically(path, onnx.printer.to_text(onnx_ir.to_proto(model)) + "\n")
+        return
+    if external_data is None:
+        external_data = _has_external_tensors(model) or _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    target_dir = path.parent if str(path.parent) else Path(".")
+    if not target_dir.is_dir():
+        raise ModelSaveError(f"{path}: folder '{target_dir}' does not exist")
+    data_name = path.name + ".data"
+    try:
+        with tempfile.TemporaryDirectory(dir=target_dir, prefix=f".{path.name}.tmp-") as tmp:
+            tmp_model = Path(tmp) / path.name
+            if external_data:
+                onnx_ir.save(model, tmp_model, external_data=data_name)
+                os.replace(Path(tmp) / data_name, target_dir / data_name)
+            else:
+                onnx_ir.save(model, tmp_model)
+            os.replace(tmp_model, path)
+    except (OSError, ValueError) as exc:
+        raise ModelSaveError(f"{path}: cannot write ({_first_line(exc)})") from None
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write text to ``path`` via a temporary file in the same folder, then rename."""
+    path = Path(path)
+    target_dir = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ModelSaveError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _looks_like_text(data: bytes) -> bool:
+    head = data.lstrip()[:1]
+    return head in (b"<", b"#")
+
+
+def _from_bytes(data: bytes, name: str, *, text: bool) -> onnx_ir.Model:
+    try:
+        if text:
+            proto = onnx.parser.parse_model(data.decode("utf-8"))
+        else:
+            proto = onnx.load_model_from_string(data)
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{name}: not ONNX text (not UTF-8)") from None
+    except (google.protobuf.message.DecodeError, onnx.parser.ParseError, ValueError, RuntimeError) as exc:
+        kind = "ONNX text" if text else "a valid ONNX model"
+        raise ModelLoadError(f"{name}: not {kind} ({_first_line(exc)})") from None
+    model = onnx_ir.from_proto(proto)
+    if _has_external_tensors(model):
+        raise ModelLoadError(f"{name}: refers to external data, which needs a model file path (not text or stdin)")
+    return model
+
+
+def _check_external_data(model: onnx_ir.Model, path: Path) -> None:
+    """Refuse external-data references that resolve outside the model's folder."""
+    folder = path.resolve().parent
+    for tensor in _all_tensors(model):
+        if isinstance(tensor, onnx_ir.ExternalTensor):
+            target = (folder / tensor.location).resolve()
+            if os.path.isabs(tensor.location) or not target.is_relative_to(folder):
+                raise ModelLoadError(
+                    f"{path}: tensor '{tensor.name}' points at external data '{tensor.location}' outside the "
+                    f"model's folder; refused"
+                )
+            if not target.is_file():
+                raise ModelLoadError(f"{path}: tensor '{tensor.name}' needs external data file '{tensor.location}', which is missing")
+
+
+def _all_tensors(model: onnx_ir.Model):  # noqa: ANN202 - generator of TensorProtocol
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == onnx_ir.AttributeType.TENSOR:
+                    yield attr.as_tensor()
+
+
+def _has_external_tensors(model: onnx_ir.Model) -> bool:
+    return any(isinstance(t, onnx_ir.ExternalTensor) for t in _all_tensors(model))
+
+
+def _initializer_bytes(model: onnx_ir.Model) -> int:
+    return sum(t.nbytes for t in _all_tensors(model))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

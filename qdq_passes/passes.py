@@ -1,0 +1,3 @@
+"""The built-in passes: importing this module registers every one of them."""
+
+from qdq_passes import cleanup  # noqa: F401

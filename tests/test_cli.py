@@ -1,0 +1,252 @@
+"""qdq-opt as a user runs it: a subprocess, real files, exit codes, no tracebacks, nothing lost."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.models import assert_bit_identical, constant_weights_model, conv_relu_model, ort_quantize, random_inputs, run_ort
+
+QDQ_OPT = [sys.executable, "-m", "qdq_passes.cli"]
+
+
+def qdq_opt(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run qdq-opt in a subprocess and capture its output."""
+    return subprocess.run([*QDQ_OPT, *args], input=stdin, capture_output=True, timeout=120)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def constants_qdq(tmp_path_factory) -> Path:
+    """A QDQ model made by onnxruntime from a float model whose weights sit in Constant nodes."""
+    folder = tmp_path_factory.mktemp("constants")
+    path = folder / "m.onnx"
+    onnx.save(ort_quantize(constant_weights_model(), folder), path)
+    return path
+
+
+def test_list_passes_shows_every_pass_with_options():
+    result = qdq_opt("--list-passes")
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    for name in ["dce", "cse", "topo-sort", "check", "shape-infer", "constants-to-initializers"]:
+        assert f"\n  {name}\n" in out
+    assert "min-elements=<int>  (default 0)" in out
+    assert "full-check=<bool>  (default false)" in out
+
+
+def test_cleanup_pipeline_is_bit_exact_and_stamped(constants_qdq, tmp_path):
+    before = digest(constants_qdq)
+    out = tmp_path / "out.onnx"
+    result = qdq_opt(str(constants_qdq), "-o", str(out), "-p", "constants-to-initializers,dce,topo-sort",
+                     "--timing", "--pass-statistics")
+    assert result.returncode == 0, result.stderr.decode()
+    err = result.stderr.decode()
+    assert "Pass execution timing report" in err and "constants-to-initializers" in err
+    assert "(num-lifted)" in err and "Pass statistics report" in err
+    assert digest(constants_qdq) == before
+    model = onnx.load(out)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["qdq_passes.pipeline"] == "constants-to-initializers{min-elements=0 all-constants=false},dce,topo-sort"
+    assert "qdq_passes.version" in props
+    assert not [n for n in model.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
+    feeds = random_inputs(onnx.load(constants_qdq), n=3, seed=1)
+    for feed in feeds:
+        assert_bit_identical(run_ort(constants_qdq, feed), run_ort(out, feed))
+
+
+def test_malformed_pipeline_prints_caret_and_exits_2(constants_qdq, tmp_path):
+    out = tmp_path / "out.onnx"
+    result = qdq_opt(str(constants_qdq), "-o", str(out), "-p", "dce,,topo-sort")
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert lines[0].startswith("qdq-opt: error: expected a pass name")
+    assert lines[1] == "  dce,,topo-sort"
+    assert lines[2] == "      ^"
+    assert not out.exists()
+
+
+def _bad_file(tmp_path: Path, kind: str, good: Path) -> Path:
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "not-onnx":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n this is not a model at all" * 10)
+    elif kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "pipeline", "code", "needle"),
+    [
+        ("missing", "dce", 1, "no such file"),
+        ("not-onnx", "dce", 1, "not a valid ONNX model"),
+        ("truncated", "dce", 1, "not a valid ONNX model"),
+        ("empty", "dce", 1, "invalid input model"),
+        ("good", "dce,topo-srot", 2, "unknown pass 'topo-srot'; did you mean 'topo-sort'?"),
+        ("good", "check{full-chek=1}", 2, "unknown option 'full-chek'; did you mean 'full-check'?"),
+        ("good", "constants-to-initializers{min-elements=many}", 2, "option 'min-elements' expects int, got 'many'"),
+        ("good", "", 2, "empty pipeline"),
+        ("good", "dce{", 2, "unterminated options"),
+    ],
+)
+def test_bad_input_gives_one_clean_line(constants_qdq, tmp_path, case, pipeline, code, needle):
+    if case == "good":
+        model = constants_qdq
+    elif case == "missing":
+        model = tmp_path / "nowhere.onnx"
+    else:
+        model = _bad_file(tmp_path, case, constants_qdq)
+    before = digest(model) if model.exists() else None
+    out = tmp_path / "out.onnx"
+    result = qdq_opt(str(model), "-o", str(out), "-p", pipeline)
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert err.startswith("qdq-opt: error: ")
+    assert needle in err
+    assert "Traceback" not in err
+    if case not in ("good",):
+        assert str(model) in err.splitlines()[0]
+    assert not out.exists()
+    assert list(tmp_path.glob(".out.onnx*")) == []
+    if before is not None:
+        assert digest(model) == before
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = qdq_opt(str(tmp_path / "nowhere.onnx"), "-o", str(tmp_path / "o.onnx"), "-p", "dce", "--debug")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr.decode()
+
+
+def _external_model(folder: Path, location: str) -> Path:
+    """conv_relu_model saved with its weights in an external file at ``location``."""
+    model = conv_relu_model()
+    onnx.save(model, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    if location != "weights.bin":
+        proto = onnx.load(folder / "m.onnx", load_external_data=False)
+        for tensor in proto.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(proto, folder / "m.onnx")
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../secret.bin"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.arange(4096, dtype=np.float32).tobytes())
+    path = _external_model(folder, location)
+    out = tmp_path / "out.onnx"
+    result = qdq_opt(str(path), "-o", str(out), "-p", "dce")
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "outside the model's folder; refused" in err and str(path) in err
+    assert not out.exists()
+
+
+def test_external_data_round_trip(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    path = _external_model(src, "weights.bin")
+    out_dir = tmp_path / "dst"
+    out_dir.mkdir()
+    out = out_dir / "out.onnx"
+    result = qdq_opt(str(path), "-o", str(out), "-p", "dce,topo-sort")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (out_dir / "out.onnx.data").exists()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["out.onnx", "out.onnx.data"]
+    feed = random_inputs(conv_relu_model(), n=1)[0]
+    assert_bit_identical(run_ort(conv_relu_model(), feed), run_ort(out, feed))
+
+
+def test_text_formats_and_pipes(tmp_path):
+    model = conv_relu_model()
+    binary = onnx.load_model_from_string(model.SerializeToString()).SerializeToString()
+    text = qdq_opt("-", "-p", "dce", stdin=binary)
+    assert text.returncode == 0, text.stderr.decode()
+    assert text.stdout.startswith(b"<")
+    again = qdq_opt("-", "-p", "topo-sort", "--binary", stdin=text.stdout)
+    assert again.returncode == 0, again.stderr.decode()
+    round_tripped = onnx.load_model_from_string(again.stdout)
+    (tmp_path / "m.onnxtxt").write_bytes(text.stdout)
+    out = tmp_path / "out.onnxtxt"
+    result = qdq_opt(str(tmp_path / "m.onnxtxt"), "-o", str(out), "-p", "cse")
+    assert result.returncode == 0, result.stderr.decode()
+    feed = random_inputs(model, n=1)[0]
+    expected = run_ort(model, feed)
+    assert_bit_identical(expected, run_ort(round_tripped, feed))
+    assert_bit_identical(expected, run_ort(onnx.parser.parse_model(out.read_text()), feed))
+
+
+def test_print_ir_instrumentation(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    result = qdq_opt(str(path), "-o", str(tmp_path / "o.onnx"), "-p", "dce,topo-sort",
+                     "--print-ir-before=dce", "--print-ir-after-all")
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert err.count("IR Dump Before dce") == 1
+    assert "IR Dump After dce (no change)" in err and "IR Dump After topo-sort (no change)" in err
+    assert "IR Dump Before topo-sort" not in err
+    bad = qdq_opt(str(path), "-o", str(tmp_path / "o2.onnx"), "-p", "dce", "--print-ir-after=dcee")
+    assert bad.returncode == 2 and "did you mean 'dce'" in bad.stderr.decode()
+
+
+def test_reproducer_is_written_and_reruns(tmp_path):
+    path = tmp_path / "bad.onnxtxt"
+    path.write_text(
+        '<ir_version: 10, opset_import: ["" : 17]>\n'
+        "g (float[2,3] x, float[4,5] w) => (float[2,5] y)\n{\n  y = MatMul (x, w)\n}\n"
+    )
+    repro = tmp_path / "repro.onnxtxt"
+    out = tmp_path / "o.onnx"
+    result = qdq_opt(str(path), "-o", str(out), "-p", "dce,check{full-check=true}", "--reproducer", str(repro))
+    assert result.returncode == 1
+    assert not out.exists()
+    text = repro.read_text()
+    assert text.splitlines()[0] == "# RUN: qdq-opt %s -p 'check{full-check=true}'"
+    rerun = qdq_opt(str(repro), "-o", str(out), "-p", "check{full-check=true}")
+    assert rerun.returncode == 1 and "ShapeInferenceError" in rerun.stderr.decode()
+
+
+def test_failed_pipeline_keeps_existing_output(tmp_path):
+    path = tmp_path / "bad.onnxtxt"
+    path.write_text(
+        '<ir_version: 10, opset_import: ["" : 17]>\n'
+        "g (float[2,3] x, float[4,5] w) => (float[2,5] y)\n{\n  y = MatMul (x, w)\n}\n"
+    )
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"previous result")
+    result = qdq_opt(str(path), "-o", str(out), "-p", "check{full-check=true}")
+    assert result.returncode == 1
+    assert out.read_bytes() == b"previous result"
+
+
+def test_output_into_a_missing_folder(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    result = qdq_opt(str(path), "-o", str(tmp_path / "no" / "such" / "o.onnx"), "-p", "dce")
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr.decode()
+
+
+def test_threads_must_be_positive(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    result = qdq_opt(str(path), "-p", "dce", "--threads", "0")
+    assert result.returncode == 2 and "--threads" in result.stderr.decode()
