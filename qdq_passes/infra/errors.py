@@ -15,6 +15,7 @@ __all__ = [
     "PreconditionFailed",
     "PassFailure",
     "VerificationError",
+    "QuantizationError",
 ]
 
 
@@ -70,3 +71,7 @@ class PassFailure(QdqError):
 
 class VerificationError(QdqError):
     """The model failed the structural checks or the ONNX checker after a pass."""
+
+
+class QuantizationError(QdqError):
+    """Invalid quantization parameters or codes in the model; the message names the node."""
