@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-data", choices=["auto", "yes", "no"], default="auto",
                    help="save tensors to OUT.data: auto keeps the input's choice (default)")
     p.add_argument("--binary", action="store_true", help="write binary ONNX to stdout instead of ONNX text")
+    p.add_argument("--calib", metavar="PATH",
+                   help="calibration data (.npz, folder of .npz) for passes with a 'calib' option")
+    p.add_argument("--float-model", metavar="PATH",
+                   help="reference float model for passes with a 'float-model' option")
+    p.add_argument("--device", metavar="DEVICE", help="torch device (cpu, cuda) for passes with a 'device' option")
     p.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and onnxruntime threads (default: half the available cores, at least 1)")
@@ -107,7 +112,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from qdq_passes.infra.manager import PassManager
     from qdq_passes.model_io import load_model, save_model
 
-    pipeline = qdq_passes.parse_pipeline(args.pipeline)
+    defaults = {"seed": str(args.seed)}
+    for key, value in (("calib", args.calib), ("float-model", args.float_model), ("device", args.device)):
+        if value is not None:
+            defaults[key] = value
+    pipeline = qdq_passes.parse_pipeline(args.pipeline, defaults=defaults)
     for name in [*args.print_ir_before, *args.print_ir_after]:
         get_pass(name)
     qdq_passes.configure(threads=args.threads, seed=args.seed)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from qdq_passes.infra.errors import OptionError, PipelineSyntaxError, UnknownPassError
-from qdq_passes.infra.options import RawValue, build_options
+from qdq_passes.infra.options import RawValue, build_options, option_fields
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import get_pass
 
@@ -51,15 +51,20 @@ class Pipeline:
         return hash(str(self))
 
 
-def parse_pipeline(text: str) -> Pipeline:
-    """Parse pipeline text into configured passes; raise a caret-annotated error on bad text."""
-    return _Parser(text).parse()
+def parse_pipeline(text: str, *, defaults: dict[str, str] | None = None) -> Pipeline:
+    """Parse pipeline text into configured passes; raise a caret-annotated error on bad text.
+
+    ``defaults`` maps option keys to values applied to every pass that declares that option and
+    whose text does not set it (how ``qdq-opt --calib PATH`` reaches the passes that read data).
+    """
+    return _Parser(text, defaults or {}).parse()
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, defaults: dict[str, str]) -> None:
         self.text = text
         self.pos = 0
+        self.defaults = defaults
 
     def error(self, message: str, column: int | None = None) -> PipelineSyntaxError:
         return PipelineSyntaxError(message, self.text, self.pos if column is None else column)
@@ -123,6 +128,10 @@ class _Parser:
                 if self.peek() == ",":
                     raise self.error("options are separated by spaces, not commas")
             self.pos += 1
+        declared = {f.key for f in option_fields(cls.Options)}
+        for key, value in self.defaults.items():
+            if key in declared and key not in raw:
+                raw[key] = value
         try:
             options = build_options(cls.Options, raw, where=name)
         except OptionError as exc:

@@ -122,3 +122,11 @@ def test_wrong_value_types(all_types_pass, text, message):
 def test_duplicate_option_key():
     with pytest.raises(PipelineSyntaxError, match="given twice"):
         parse_pipeline("check{full-check=true full-check=false}")
+
+
+def test_defaults_fill_declared_options_only(all_types_pass):
+    p = parse_pipeline("dce,all-types{count=5},all-types", defaults={"count": "9", "label": "cal.npz", "unknown": "x"})
+    assert p.passes[1].options.count == 5
+    assert p.passes[1].options.label == "cal.npz"
+    assert p.passes[2].options.count == 9
+    assert str(p.passes[0]) == "dce"
