@@ -40,6 +40,11 @@ __all__ = [
     "node_label",
     "read_spec",
     "same_spec",
+    "value_names",
+    "fresh_name",
+    "float_name",
+    "remove_if_unused",
+    "reference_quantize_problem",
 ]
 
 QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -248,3 +253,83 @@ def _read_point(model: onnx_ir.Model, dq: onnx_ir.Node, seen_q: set[onnx_ir.Node
 
 
 _FLOATS = (onnx_ir.DataType.FLOAT, onnx_ir.DataType.FLOAT16, onnx_ir.DataType.BFLOAT16, None)
+
+
+# --------------------------------------------------------------------------- helpers of the Q/DQ passes
+
+
+def value_names(model: onnx_ir.Model) -> set[str]:
+    """Every value name in the model's graphs (subgraphs included), to pick fresh names from."""
+    names: set[str] = set()
+    for graph in model.graphs():
+        names.update(v.name for v in graph.inputs if v.name)
+        names.update(v.name for v in graph.outputs if v.name)
+        names.update(name for name in graph.initializers if name)
+        for node in graph:
+            names.update(v.name for v in node.outputs if v.name)
+    return names
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken`` (which it is added to)."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+def float_name(stored: str) -> str:
+    """The name of a float tensor made from stored codes: ``w_quantized`` -> ``w``, else ``<name>_float``."""
+    suffix = "_quantized"
+    if stored.endswith(suffix) and len(stored) > len(suffix):
+        return stored[: -len(suffix)]
+    return f"{stored}_float"
+
+
+def remove_if_unused(value: onnx_ir.Value | None) -> bool:
+    """Remove an unused constant: an initializer, or a Constant node's output (the node goes).
+
+    Kept: a value with uses, a graph input or output, a value produced by any other node.
+    """
+    if value is None or value.uses() or value.is_graph_output() or value.is_graph_input():
+        return False
+    graph = value.graph
+    if value.is_initializer():
+        if graph is None or value.name is None or graph.initializers.get(value.name) is not value:
+            return False
+        graph.initializers.pop(value.name)
+        return True
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+        if producer.graph is not None and not any(out.uses() or out.is_graph_output() for out in producer.outputs):
+            producer.graph.remove(producer, safe=True)
+            return True
+    return False
+
+
+def reference_quantize_problem(
+    model: onnx_ir.Model, node: onnx_ir.Node, x_dtype: onnx_ir.DataType | None
+) -> str | None:
+    """Why ``QuantSpec.quantize`` would not match this Q (or a Q built like this DQ) bit for bit, or None.
+
+    ``QuantSpec.quantize`` divides in float32, which is what onnxruntime does for float32 x and
+    scale, for float16 at opsets 19-21 and in ``com.microsoft``, with ``precision=FLOAT``, and
+    whenever the scale is float32 from opset 23. float16 division (opset >= 23 with a float16
+    scale) and bfloat16 are not emulated.
+    """
+    f32, f16 = onnx_ir.DataType.FLOAT, onnx_ir.DataType.FLOAT16
+    scale = constant_array(node.inputs[1] if len(node.inputs) > 1 else None)
+    s_dtype = onnx_ir.DataType.from_numpy(scale.dtype) if scale is not None else None
+    if x_dtype not in (f32, f16) or s_dtype not in (f32, f16):
+        x_name = x_dtype.name if x_dtype is not None else "unknown"
+        s_name = s_dtype.name if s_dtype is not None else "unknown"
+        return f"a QuantizeLinear of {x_name} x with a {s_name} scale is not emulated"
+    precision = node.attributes.get("precision")
+    if node.domain == "com.microsoft" or s_dtype == f32 or (precision is not None and precision.as_int() == f32):
+        return None
+    opset = _opset(model, node)
+    if opset < 23:
+        return None
+    return f"a float16 QuantizeLinear at opset {opset} divides in float16, which is not emulated"

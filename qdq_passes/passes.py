@@ -1,3 +1,6 @@
 """The built-in passes: importing this module registers every one of them."""
 
 from qdq_passes import cleanup  # noqa: F401
+from qdq_passes import fold_qdq  # noqa: F401
+from qdq_passes import unfold_qdq  # noqa: F401
+from qdq_passes import strip_qdq  # noqa: F401
