@@ -110,7 +110,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     import qdq_passes
     from qdq_passes.infra.manager import PassManager
-    from qdq_passes.model_io import load_model, save_model
+    from qdq_passes.model_io import load_model, model_text, save_model
 
     defaults = {"seed": str(args.seed)}
     for key, value in (("calib", args.calib), ("float-model", args.float_model), ("device", args.device)):
@@ -143,11 +143,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.output == "-" and args.binary:
         save_model(model, "-")
     elif args.output == "-":
-        import onnx
-        import onnx_ir
-
-        model = onnx_ir.external_data.load_to_model(model)
-        sys.stdout.write(onnx.printer.to_text(onnx_ir.to_proto(model)) + "\n")
+        sys.stdout.write(model_text(model, "<stdout>"))
     else:
         save_model(model, args.output, external_data=external)
     if args.timing:

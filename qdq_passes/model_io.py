@@ -19,11 +19,16 @@ import onnx_ir
 
 from qdq_passes.infra.errors import ModelLoadError, ModelSaveError
 
-__all__ = ["load_model", "save_model", "write_text_atomically", "model_format", "EXTERNAL_DATA_THRESHOLD"]
+__all__ = ["load_model", "save_model", "model_text", "write_text_atomically", "model_format", "EXTERNAL_DATA_THRESHOLD"]
 
 #: Models whose initializers add up past this size are saved with external data (protobuf caps at 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1536 * 1024 * 1024
 _TEXT_SUFFIXES = (".onnxtxt", ".txt", ".onnxtext")
+#: Sub-byte types: onnx's printer writes them as ``...`` and its parser reads their literals packed.
+_TEXT_UNSAFE = {
+    onnx_ir.DataType.INT4, onnx_ir.DataType.UINT4, onnx_ir.DataType.INT2, onnx_ir.DataType.UINT2,
+    onnx_ir.DataType.FLOAT4E2M1,
+}
 
 
 def model_format(path: str | Path) -> str:
@@ -59,16 +64,13 @@ def save_model(model: onnx_ir.Model, path: str | Path, *, external_data: bool | 
     ``external_data``: None keeps tensors external if the model had any (or is too big for one
     protobuf), writing them to ``<name>.data`` beside the output; True/False forces it.
     """
-    if str(path) == "-" or model_format(path) == "text":
-        # Single-stream outputs hold every tensor inline.
-        model = onnx_ir.external_data.load_to_model(model)
     if str(path) == "-":
-        sys.stdout.buffer.write(onnx_ir.to_proto(model).SerializeToString())
+        sys.stdout.buffer.write(onnx_ir.to_proto(onnx_ir.external_data.load_to_model(model)).SerializeToString())
         sys.stdout.buffer.flush()
         return
     path = Path(path)
     if model_format(path) == "text":
-        write_text_atomically(path, onnx.printer.to_text(onnx_ir.to_proto(model)) + "\n")
+        write_text_atomically(path, model_text(model, str(path)))
         return
     if external_data is None:
         external_data = _has_external_tensors(model) or _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
@@ -87,6 +89,22 @@ def save_model(model: onnx_ir.Model, path: str | Path, *, external_data: bool | 
             os.replace(tmp_model, path)
     except (OSError, ValueError) as exc:
         raise ModelSaveError(f"{path}: cannot write ({_first_line(exc)})") from None
+
+
+def model_text(model: onnx_ir.Model, where: str) -> str:
+    """The model in ONNX text form, every tensor inline; refuses types the text form garbles.
+
+    onnx's printer writes int4/uint4 (and other sub-byte) tensors as ``...`` and its parser reads
+    such literals packed, so those models must be saved as ``.onnx``.
+    """
+    for tensor in _all_tensors(model):
+        if tensor.dtype in _TEXT_UNSAFE:
+            raise ModelSaveError(
+                f"{where}: tensor '{tensor.name}' is {tensor.dtype.name}, which ONNX text cannot hold "
+                "faithfully; save as .onnx (or use --binary for stdout)"
+            )
+    model = onnx_ir.external_data.load_to_model(model)
+    return onnx.printer.to_text(onnx_ir.to_proto(model)) + "\n"
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:

@@ -250,3 +250,18 @@ def test_threads_must_be_positive(tmp_path):
     onnx.save(conv_relu_model(), path)
     result = qdq_opt(str(path), "-p", "dce", "--threads", "0")
     assert result.returncode == 2 and "--threads" in result.stderr.decode()
+
+
+def test_int4_models_are_not_written_as_text(tmp_path):
+    """onnx's text printer drops int4 data: refuse with a clear error instead of losing weights."""
+    src = Path(__file__).parent / "passes" / "fold-qdq" / "matmul_int4_blocked.onnxtxt"
+    out = tmp_path / "out.onnxtxt"
+    result = qdq_opt(str(src), "-o", str(out), "-p", "fold-qdq")
+    assert result.returncode == 1
+    assert "which ONNX text cannot hold faithfully" in result.stderr.decode()
+    assert not out.exists()
+    stdout = qdq_opt(str(src), "-p", "fold-qdq")
+    assert stdout.returncode == 1 and "--binary" in stdout.stderr.decode()
+    binary = qdq_opt(str(src), "-p", "fold-qdq", "--binary")
+    assert binary.returncode == 0
+    assert onnx.load_model_from_string(binary.stdout).graph.node
