@@ -4,3 +4,4 @@ from qdq_passes import cleanup  # noqa: F401
 from qdq_passes import fold_qdq  # noqa: F401
 from qdq_passes import unfold_qdq  # noqa: F401
 from qdq_passes import strip_qdq  # noqa: F401
+from qdq_passes import print_blocks  # noqa: F401

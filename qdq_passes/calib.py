@@ -1,0 +1,210 @@
+"""Calibration data: the samples AdaRound (and other learning passes) feed through the model.
+
+Sources accepted by :func:`load_calibration`:
+
+1. An ``.npz`` file mapping each graph input name to an array, samples on axis 0.
+2. A folder of such files: every ``*.npz`` in it, sorted by name, concatenated along axis 0
+   (other files are ignored).
+3. A Python mapping ``{name: array}`` (one batch), or an iterable of such mappings (concatenated).
+
+Each source is checked against the model's graph inputs (inputs backed by an initializer are
+optional): every required input present, no unknown input (with a close-match suggestion), the
+model's dtype exactly, the model's rank, and the model's size on every axis but the first (symbolic
+or unknown dims accept anything). Axis 0 is the batch: its size in the model is not checked (a
+model exported with batch 1 still takes 32 samples), but all inputs must agree on it. Every failure
+raises :class:`CalibrationError`, one line naming the file (or item) and the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import onnx_ir
+
+from qdq_passes.infra.errors import QdqError
+
+__all__ = ["CalibrationData", "CalibrationError", "CalibrationSource", "load_calibration"]
+
+logger = logging.getLogger(__name__)
+
+#: What :func:`load_calibration` reads.
+CalibrationSource = Union[str, os.PathLike, Mapping[str, Any], Iterable[Mapping[str, Any]], "CalibrationData"]
+
+
+class CalibrationError(QdqError):
+    """Calibration data that cannot be used with the model; the message names the file and input."""
+
+
+@dataclasses.dataclass
+class CalibrationData:
+    """Validated calibration inputs: ``inputs[name]`` holds every sample, batch on axis 0."""
+
+    inputs: dict[str, np.ndarray]
+
+    @property
+    def num_samples(self) -> int:
+        """The number of samples (the common size of axis 0)."""
+        return next(iter(self.inputs.values())).shape[0] if self.inputs else 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def batches(self, batch_size: int, *, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``batch_size`` samples (views, in order); the last is shorter unless ``drop_last``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        n = self.num_samples
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _InputSpec:
+    name: str
+    dtype: np.dtype | None  # None: unknown element type
+    dims: tuple[int | None, ...] | None  # None: unknown shape; None dim: symbolic or unknown
+    required: bool
+
+
+def load_calibration(
+    source: CalibrationSource, model: onnx_ir.Model, *, max_samples: int | None = None
+) -> CalibrationData:
+    """Read and check calibration data for ``model`` (see the module docstring for the sources).
+
+    ``max_samples`` keeps the first samples only (files past it are not read).
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+    specs = _input_specs(model)
+    if isinstance(source, CalibrationData):
+        chunks: Iterable[tuple[str, Mapping[str, Any]]] = [("calibration data", source.inputs)]
+        where = "calibration data"
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        chunks, where = _path_chunks(path), str(path)
+    elif isinstance(source, Mapping):
+        chunks, where = [("calibration data", source)], "calibration data"
+    elif isinstance(source, Iterable):
+        chunks, where = _iterable_chunks(source), "calibration data"
+    else:
+        raise CalibrationError(f"calibration data must be an .npz file, a folder or an iterable of dicts, not {type(source).__name__}")
+
+    parts: dict[str, list[np.ndarray]] = {}
+    total = 0
+    for label, feed in chunks:
+        arrays = _check(feed, specs, label)
+        size = next(iter(arrays.values())).shape[0] if arrays else 0
+        if max_samples is not None:
+            size = min(size, max_samples - total)
+            arrays = {name: a[:size] for name, a in arrays.items()}
+        for name, array in arrays.items():
+            parts.setdefault(name, []).append(array)
+        total += size
+        if max_samples is not None and total >= max_samples:
+            break
+    if total == 0:
+        raise CalibrationError(f"{where}: contains no samples")
+    inputs = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0) for name, arrays in parts.items()}
+    logger.debug("calibration data from %s: %d samples of %s", where, total, ", ".join(inputs))
+    return CalibrationData(inputs)
+
+
+def _input_specs(model: onnx_ir.Model) -> dict[str, _InputSpec]:
+    specs = {}
+    for value in model.graph.inputs:
+        dtype = value.dtype.numpy() if value.dtype is not None else None
+        dims = None
+        if value.shape is not None:
+            dims = tuple(d if isinstance(d, int) else None for d in value.shape)
+        specs[value.name] = _InputSpec(value.name, dtype, dims, required=value.const_value is None)
+    return specs
+
+
+def _path_chunks(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if not path.exists():
+        raise CalibrationError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
+        if not files:
+            raise CalibrationError(f"{path}: the folder holds no .npz files")
+        for file in files:
+            yield str(file), _read_npz(file)
+    else:
+        yield str(path), _read_npz(path)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file (no pickles), or a :class:`CalibrationError` naming it."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not zipfile.is_zipfile(path):
+            kind = "a .npy array" if magic == b"\x93NUMPY" else "not an .npz archive"
+            raise CalibrationError(f"{path}: {kind}; expected an .npz mapping graph input names to arrays")
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CalibrationError(f"{path}: unreadable .npz archive ({reason})") from None
+
+
+def _iterable_chunks(items: Iterable[Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    for k, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise CalibrationError(f"calibration item {k}: a {type(item).__name__}, expected a dict of input name -> array")
+        yield f"calibration item {k}", item
+
+
+def _check(feed: Mapping[str, Any], specs: dict[str, _InputSpec], where: str) -> dict[str, np.ndarray]:
+    """One chunk checked against the graph inputs; returns the arrays in graph-input order."""
+    for name in feed:
+        if name not in specs:
+            hint = difflib.get_close_matches(str(name), list(specs), n=1)
+            tail = f"; did you mean '{hint[0]}'?" if hint else f" (graph inputs: {', '.join(specs) or 'none'})"
+            raise CalibrationError(f"{where}: unknown input '{name}'{tail}")
+    arrays: dict[str, np.ndarray] = {}
+    batch: tuple[str, int] | None = None
+    for spec in specs.values():
+        if spec.name not in feed:
+            if spec.required:
+                raise CalibrationError(f"{where}: input '{spec.name}' is missing (has: {', '.join(map(str, feed)) or 'nothing'})")
+            continue
+        array = np.asarray(feed[spec.name])
+        if spec.dtype is not None and array.dtype != spec.dtype:
+            raise CalibrationError(f"{where}: input '{spec.name}' is {array.dtype}, the model expects {spec.dtype}")
+        if array.ndim == 0:
+            raise CalibrationError(f"{where}: input '{spec.name}' is a scalar; samples go on axis 0")
+        if spec.dims is not None:
+            if len(spec.dims) == 0:
+                raise CalibrationError(f"{where}: input '{spec.name}' is a scalar in the model, so it has no batch axis")
+            if array.ndim != len(spec.dims):
+                raise CalibrationError(
+                    f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects rank "
+                    f"{len(spec.dims)} {_show_dims(spec.dims)} (batch on axis 0)"
+                )
+            if any(d is not None and d != s for d, s in zip(spec.dims[1:], array.shape[1:])):
+                raise CalibrationError(
+                    f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects "
+                    f"{_show_dims(spec.dims)} (axis 0 is the batch and may differ)"
+                )
+        if batch is None:
+            batch = (spec.name, array.shape[0])
+        elif array.shape[0] != batch[1]:
+            raise CalibrationError(
+                f"{where}: input '{spec.name}' has {array.shape[0]} samples but '{batch[0]}' has {batch[1]}"
+            )
+        arrays[spec.name] = array
+    return arrays
+
+
+def _show_dims(dims: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
