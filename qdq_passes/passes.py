@@ -5,3 +5,5 @@ from qdq_passes import fold_qdq  # noqa: F401
 from qdq_passes import unfold_qdq  # noqa: F401
 from qdq_passes import strip_qdq  # noqa: F401
 from qdq_passes import print_blocks  # noqa: F401
+from qdq_passes import insert_quantizers  # noqa: F401
+from qdq_passes import lower_qdq  # noqa: F401

@@ -23,3 +23,6 @@ __all__ = [
     "RoundHalfToEven",
     "quantizer_from_spec",
 ]
+from qdq_passes.quantizers.materialize import materialize, write_back  # noqa: E402
+
+__all__ += ["materialize", "write_back"]
