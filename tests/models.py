@@ -272,20 +272,23 @@ def run_ort(
 
 
 def assert_bit_identical(a_outputs: Sequence[np.ndarray], b_outputs: Sequence[np.ndarray]) -> None:
-    """Assert two output lists are equal bit for bit (NaN equals NaN), dtypes included."""
+    """Assert two output lists are equal bit for bit (any NaN equals any NaN; -0.0 differs from 0.0)."""
     assert len(a_outputs) == len(b_outputs), f"{len(a_outputs)} outputs vs {len(b_outputs)}"
     for i, (a, b) in enumerate(zip(a_outputs, b_outputs)):
         a, b = np.asarray(a), np.asarray(b)
         assert a.dtype == b.dtype, f"output {i}: dtype {a.dtype} vs {b.dtype}"
         assert a.shape == b.shape, f"output {i}: shape {a.shape} vs {b.shape}"
-        if np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"):
-            continue
         if a.dtype.kind in "fc":
+            bits = np.dtype(f"u{a.dtype.itemsize}")
+            differ = (a.view(bits) != b.view(bits)) & ~(np.isnan(a) & np.isnan(b))
+            if not differ.any():
+                continue
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-            differ = ~((a == b) | (np.isnan(a) & np.isnan(b)))
             max_diff = float(np.nanmax(np.where(differ, diff, 0.0)))
         else:
             differ = a != b
+            if not differ.any():
+                continue
             max_diff = int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64))))
         raise AssertionError(
             f"output {i} ({a.dtype}{list(a.shape)}): {int(differ.sum())} of {a.size} elements differ, "

@@ -39,6 +39,7 @@ class PassRecord:
     seconds: float
     modified: bool
     stats: dict[str, int]
+    details: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -74,6 +75,7 @@ class RunReport:
             lines.append(f"'{r.argument}'  (modified: {'yes' if r.modified else 'no'})")
             for name, value in r.stats.items():
                 lines.append(f"  ({name}) {value}")
+            lines.extend(f"  {line}" for line in r.details)
         return "\n".join(lines)
 
 
@@ -117,7 +119,9 @@ class PassManager:
                 self._write_reproducer(snapshot, pass_)
                 raise _named_failure(pass_, exc) from exc
             seconds = time.perf_counter() - start
-            report.records.append(PassRecord(str(pass_), pass_.argument, seconds, result.modified, dict(pass_.stats)))
+            report.records.append(
+                PassRecord(str(pass_), pass_.argument, seconds, result.modified, dict(pass_.stats), list(pass_.details))
+            )
             if self.verify_each:
                 start = time.perf_counter()
                 try:

@@ -52,6 +52,11 @@ class QdqPass(onnx_ir.passes.InPlacePass):
         self.stats = dict.fromkeys(self.statistics, 0)
         return super().__call__(model_or_result)
 
+    @property
+    def details(self) -> list[str]:
+        """Extra report lines of the last run (e.g. per-block figures), printed with the statistics."""
+        return []
+
     def bump(self, statistic: str, by: int = 1) -> None:
         """Add to one of the declared statistics."""
         if statistic not in self.statistics:
