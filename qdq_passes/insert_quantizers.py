@@ -34,6 +34,11 @@ class InsertQuantizersOptions:
         "int",
         "integer weight quantizers: int = INTQuantizer, adaround = AdaroundINTQuantizer (nearest rounding until AdaRound runs)",
     )
+    float_model: str | None = option(
+        None,
+        "reference float model: folded weights first get their original float weights back (as unfold-qdq "
+        "does, matched by graph structure), so AdaRound can round them again",
+    )
 
 
 @register_pass
@@ -58,6 +63,8 @@ class InsertQuantizersPass(QdqPass):
     9. The model gets exactly the dialect functions it uses (and the ``qdq_passes`` opset import).
     10. Invalid parameters (zero scale, wrong zero-point type, ...) raise ``QuantizationError``
         naming the node. Only the main graph is scanned.
+    11. With ``float-model``, folded weights are first unfolded with the reference model's float
+        weights (``unfold-qdq{float-model=...}``), then become non-folded quantizers as in 2.
 
     A second run finds no understood Q/DQ and returns ``modified=False``.
     """
@@ -75,6 +82,11 @@ class InsertQuantizersPass(QdqPass):
     }
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        unfolded = False
+        if self.options.float_model is not None:
+            from qdq_passes.unfold_qdq import UnfoldQdqPass
+
+            unfolded = UnfoldQdqPass(float_model=self.options.float_model)(model).modified
         try:
             scan = scan_qdq(model)
         except InvalidQdq as exc:
@@ -109,7 +121,7 @@ class InsertQuantizersPass(QdqPass):
             modified |= dialect.ensure_functions(model)
         except InvalidQdq as exc:
             raise QuantizationError(str(exc)) from None
-        return onnx_ir.passes.PassResult(model, modified)
+        return onnx_ir.passes.PassResult(model, modified or unfolded)
 
     def _skip(self, node: onnx_ir.Node, reason: str) -> None:
         self.bump("num-skipped")
