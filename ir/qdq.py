@@ -258,14 +258,15 @@ _FLOATS = (onnx_ir.DataType.FLOAT, onnx_ir.DataType.FLOAT16, onnx_ir.DataType.BF
 # --------------------------------------------------------------------------- helpers of the Q/DQ passes
 
 
-def value_names(model: onnx_ir.Model) -> set[str]:
-    """Every value name in the model's graphs (subgraphs included), to pick fresh names from."""
+def value_names(model: onnx_ir.Model | onnx_ir.Graph) -> set[str]:
+    """Every value name in the model's (or graph's) graphs, subgraphs included, to pick fresh names from."""
+    graphs = model.graphs() if isinstance(model, onnx_ir.Model) else [model]
     names: set[str] = set()
-    for graph in model.graphs():
+    for graph in graphs:
         names.update(v.name for v in graph.inputs if v.name)
         names.update(v.name for v in graph.outputs if v.name)
         names.update(name for name in graph.initializers if name)
-        for node in graph:
+        for node in onnx_ir.traversal.RecursiveGraphIterator(graph):
             names.update(v.name for v in node.outputs if v.name)
     return names
 

@@ -9,11 +9,10 @@ import logging
 
 import onnx_ir
 
-from qdq_passes.infra.errors import QuantizationError
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
+from qdq_passes.points import scan_points
 from qdq_passes.ir.qdq import (
-    InvalidQdq,
     QPoint,
     constant_array,
     fresh_name,
@@ -21,7 +20,6 @@ from qdq_passes.ir.qdq import (
     node_label,
     reference_quantize_problem,
     remove_if_unused,
-    scan_qdq,
     value_names,
 )
 
@@ -65,13 +63,7 @@ class FoldQdqPass(QdqPass):
     }
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
-        try:
-            scan = scan_qdq(model)
-        except InvalidQdq as exc:
-            raise QuantizationError(str(exc)) from None
-        for skipped in scan.skipped:
-            logger.warning("fold-qdq: left %s alone: %s", node_label(skipped.node), skipped.reason)
-            self.bump("num-skipped")
+        scan = scan_points(self, model)
 
         by_q: dict[onnx_ir.Node, list[QPoint]] = {}
         for point in scan.points:

@@ -17,8 +17,9 @@ from qdq_passes.infra.errors import QuantizationError
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
+from qdq_passes.points import scan_points
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import InvalidQdq, QPoint, node_label, scan_qdq
+from qdq_passes.ir.qdq import InvalidQdq, QPoint, node_label
 from qdq_passes.ir.quant import storage_dtype
 
 __all__ = ["InsertQuantizersOptions", "InsertQuantizersPass"]
@@ -87,12 +88,7 @@ class InsertQuantizersPass(QdqPass):
             from qdq_passes.unfold_qdq import UnfoldQdqPass
 
             unfolded = UnfoldQdqPass(float_model=self.options.float_model)(model).modified
-        try:
-            scan = scan_qdq(model)
-        except InvalidQdq as exc:
-            raise QuantizationError(str(exc)) from None
-        for skipped in scan.skipped:
-            self._skip(skipped.node, skipped.reason)
+        scan = scan_points(self, model)
         graph = model.graph
         modified = False
         quantizes: list[onnx_ir.Node] = []

@@ -21,7 +21,7 @@ from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import InvalidQdq, constant_array, node_label
+from qdq_passes.ir.qdq import InvalidQdq, constant_array, node_label, remove_if_unused
 from qdq_passes.ir.quant import QuantSpec, storage_dtype
 
 __all__ = ["LowerQdqOptions", "LowerQdqPass", "MIN_OPSET", "MAX_OPSET"]
@@ -196,7 +196,7 @@ class LowerQdqPass(QdqPass):
             self.bump("num-pairs")
         onnx_ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [old_out], [new_nodes[-1].outputs[0]])
         if plan.form in ("codes", "pair-from-codes"):
-            _drop_if_unused(x)
+            remove_if_unused(x)
         node.meta.pop("qdq_passes.quantizer", None)
 
     def _inline(self, model: onnx_ir.Model) -> None:
@@ -266,16 +266,6 @@ class _Names:
         return value
 
 
-def _drop_if_unused(value: onnx_ir.Value) -> None:
-    """Remove an initializer or Constant output that nothing uses any more."""
-    if value.uses() or value.is_graph_output() or value.is_graph_input():
-        return
-    if value.is_initializer() and value.graph is not None and value.name in value.graph.initializers:
-        value.graph.initializers.pop(value.name)
-        return
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.graph is not None:
-        producer.graph.remove(producer, safe=True)
 
 
 def _convert_opset(model: onnx_ir.Model, target: int) -> None:

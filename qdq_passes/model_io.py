@@ -8,7 +8,6 @@ target and is renamed into place, so a failed save leaves no partial output.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path

@@ -8,12 +8,11 @@ import logging
 import numpy as np
 import onnx_ir
 
-from qdq_passes.infra.errors import QuantizationError
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
+from qdq_passes.points import scan_points
 from qdq_passes.ir.qdq import (
-    InvalidQdq,
     QPoint,
     constant_array,
     float_name,
@@ -21,7 +20,6 @@ from qdq_passes.ir.qdq import (
     node_label,
     remove_if_unused,
     same_spec,
-    scan_qdq,
     value_names,
 )
 
@@ -89,13 +87,7 @@ class StripQdqPass(QdqPass):
     }
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
-        try:
-            scan = scan_qdq(model)
-        except InvalidQdq as exc:
-            raise QuantizationError(str(exc)) from None
-        for skipped in scan.skipped:
-            logger.warning("strip-qdq: left %s alone: %s", node_label(skipped.node), skipped.reason)
-            self.bump("num-skipped")
+        scan = scan_points(self, model)
 
         graph = model.graph
         taken = value_names(model)

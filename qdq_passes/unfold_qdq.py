@@ -18,8 +18,8 @@ from qdq_passes.infra.errors import QuantizationError
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
+from qdq_passes.points import scan_points
 from qdq_passes.ir.qdq import (
-    InvalidQdq,
     QPoint,
     constant_array,
     float_name,
@@ -30,7 +30,6 @@ from qdq_passes.ir.qdq import (
     reference_quantize_problem,
     remove_if_unused,
     same_spec,
-    scan_qdq,
     value_names,
 )
 from qdq_passes.ir.quant import QuantSpec, storage_dtype
@@ -99,13 +98,7 @@ class UnfoldQdqPass(QdqPass):
     }
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
-        try:
-            scan = scan_qdq(model)
-        except InvalidQdq as exc:
-            raise QuantizationError(str(exc)) from None
-        for skipped in scan.skipped:
-            logger.warning("unfold-qdq: left %s alone: %s", node_label(skipped.node), skipped.reason)
-            self.bump("num-skipped")
+        scan = scan_points(self, model)
         self.bump("num-biases-kept", sum(1 for p in scan.points if p.kind == "bias"))
         folded = [p for p in scan.points if p.kind == "folded_weight"]
         if not folded:

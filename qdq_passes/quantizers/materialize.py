@@ -30,7 +30,7 @@ import onnx_ir
 import torch
 
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import constant_array, node_label
+from qdq_passes.ir.qdq import constant_array, fresh_name, node_label, remove_if_unused, value_names
 from qdq_passes.ir.quant import storage_dtype
 from qdq_passes.quantizers.base_qdq_quantizers import AdaroundINTQuantizer, FPQuantizer, INTQuantizer
 from qdq_passes.quantizers.from_spec import quantizer_from_spec
@@ -118,7 +118,7 @@ def write_back(node: onnx_ir.Node, model: onnx_ir.Model | None = None) -> bool:
     codes = module.codes(torch.from_numpy(np.array(array, dtype=np.float32))).numpy()
     stored = codes.astype(storage_dtype(params.qdtype))
     home = weight_value.graph if weight_value.graph is not None else graph
-    name = _fresh_initializer_name(home, f"{weight_value.name or 'weight'}_adaround")
+    name = fresh_name(f"{weight_value.name or 'weight'}_adaround", value_names(home))
     codes_value = onnx_ir.Value(
         name=name,
         shape=onnx_ir.Shape(stored.shape),
@@ -128,32 +128,9 @@ def write_back(node: onnx_ir.Node, model: onnx_ir.Model | None = None) -> bool:
     home.register_initializer(codes_value)
     node.replace_input_with(0, codes_value)
     dialect.mark_folded(node, rounding=dialect.ADAROUND)
-    _drop_if_unused(weight_value)
+    remove_if_unused(weight_value)
     logger.debug("node %s: AdaRound codes written to '%s'", node_label(node), name)
     materialize(node, refresh=True)
     if model is not None:
         dialect.ensure_functions(model)
     return True
-
-
-def _fresh_initializer_name(graph: onnx_ir.Graph, base: str) -> str:
-    taken = set(graph.initializers)
-    taken.update(v.name for v in graph.inputs if v.name)
-    taken.update(v.name for n in onnx_ir.traversal.RecursiveGraphIterator(graph) for v in n.outputs if v.name)
-    name, i = base, 1
-    while name in taken:
-        name = f"{base}_{i}"
-        i += 1
-    return name
-
-
-def _drop_if_unused(value: onnx_ir.Value) -> None:
-    """Remove an initializer or Constant that nothing uses any more (graph inputs/outputs stay)."""
-    if value.uses() or value.is_graph_output() or value.is_graph_input():
-        return
-    if value.is_initializer() and value.graph is not None and value.name in value.graph.initializers:
-        value.graph.initializers.pop(value.name)
-        return
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.graph is not None:
-        producer.graph.remove(producer, safe=True)
