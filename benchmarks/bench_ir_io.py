@@ -10,6 +10,7 @@ command-line runs (`qdq-opt` against a `python -c` doing onnx.load/onnx.save), s
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def make_model(path: Path, megabytes: int, external: bool) -> None:
 def best_of(repeat: int, fn) -> float:  # noqa: ANN001
     times = []
     for _ in range(repeat):
+        os.sync()  # flush the previous run's dirty pages, so write-back throttling hits neither side
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
