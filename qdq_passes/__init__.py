@@ -58,8 +58,10 @@ def run(model: str | Path | onnx.ModelProto | onnx_ir.Model, pipeline: str | Pip
     """Run a pipeline on a model (a path, a ModelProto or an onnx_ir.Model) and return the result.
 
     The input is never modified: paths and protos are loaded afresh, an ``onnx_ir.Model`` is cloned
-    unless ``in_place=True``. Keyword options: ``in_place``, ``threads``, ``seed``, and the
-    :class:`PassManager` instrumentation options (``verify_each``, ``print_ir_after_all``, ...).
+    unless ``in_place=True``. Keyword options: ``in_place``, ``threads``, ``seed``; ``calib``,
+    ``float_model`` and ``device`` (defaults for every pass declaring that option, as ``qdq-opt
+    --calib`` does); and the :class:`PassManager` instrumentation options (``verify_each``,
+    ``print_ir_after_all``, ...).
     """
     return run_with_report(model, pipeline, **options)[0]
 
@@ -71,12 +73,19 @@ def run_with_report(
     in_place: bool = False,
     threads: int | None = None,
     seed: int | None = None,
+    calib: str | Path | None = None,
+    float_model: str | Path | None = None,
+    device: str | None = None,
     **manager_options: Any,
 ) -> tuple[onnx_ir.Model, RunReport]:
     """As :func:`run`, also returning the :class:`RunReport` (timings, statistics)."""
     configure(threads=threads, seed=seed)
     if isinstance(pipeline, str):
-        pipeline = parse_pipeline(pipeline)
+        defaults = {key: str(value) for key, value in
+                    (("calib", calib), ("float-model", float_model), ("device", device)) if value is not None}
+        pipeline = parse_pipeline(pipeline, defaults=defaults)
+    elif calib is not None or float_model is not None or device is not None:
+        raise TypeError("calib/float_model/device apply to pipeline text; set them on the passes of a Pipeline")
     if isinstance(model, (str, Path)):
         ir_model = load_model(model)
     elif isinstance(model, onnx.ModelProto):

@@ -130,3 +130,14 @@ def test_defaults_fill_declared_options_only(all_types_pass):
     assert p.passes[1].options.label == "cal.npz"
     assert p.passes[2].options.count == 9
     assert str(p.passes[0]) == "dce"
+
+
+def test_run_api_fills_calib_defaults(tmp_path):
+    import qdq_passes
+    from tests.models import conv_relu_model
+
+    model, report = qdq_passes.run_with_report(conv_relu_model(), "dce,adaround", calib=tmp_path / "c.npz")
+    assert report.records[1].pass_text.startswith(f"adaround{{calib={tmp_path / 'c.npz'} ")
+    assert not report.records[1].modified  # a float model has no AdaRound quantizers to train
+    assert model.metadata_props["qdq_passes.pipeline"] == str(qdq_passes.parse_pipeline(
+        "dce,adaround", defaults={"calib": str(tmp_path / "c.npz")}))
