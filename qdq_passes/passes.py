@@ -8,3 +8,4 @@ from qdq_passes import print_blocks  # noqa: F401
 from qdq_passes import insert_quantizers  # noqa: F401
 from qdq_passes import lower_qdq  # noqa: F401
 from qdq_passes import adaround  # noqa: F401
+from qdq_passes import quantize  # noqa: F401
