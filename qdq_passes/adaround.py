@@ -16,7 +16,18 @@ Runs on a model whose weight quantizers are ``AdaroundINTQuantizer`` nodes (made
    ``warm-start`` of the iterations, ``reg * sum(1 - |2h - 1| ** beta)`` is added, beta annealed
    from ``beta[0]`` to ``beta[1]`` on a cosine.
 3. Optimisation. Adam on every ``alpha`` of the block, a random batch of ``batch-size`` samples
-   per step (seeded by ``seed`` and the block index, so runs are reproducible).
+   per step (seeded by ``seed`` and the block index, so runs are reproducible). What the rounding
+   does not change is computed once per block, not per step: the block is cut after the part that
+   does not depend on ``alpha`` (its input quantizers on the cached samples, folded biases,
+   ...), which is evaluated once over all samples; ``floor(W / s)`` of each weight is taken once;
+   the Relu of the targets once; outputs the rounding does not reach are constant and left out.
+   Gram fast path (``gram``): a block whose only node depending on ``alpha`` is one Conv
+   (2-D, ``group=1``), Gemm or MatMul with the AdaRound weight, whose output is compared without
+   a Relu, has the loss ``sum(dW * (dW H + 2 G)) + ||R||^2`` (normalised as above) with
+   ``H = X X^T`` and ``G = R^T X^T`` built once from all samples (``adaround_gram``); each step
+   then costs O(out x fan-in^2), whatever the number of samples, and optimises the loss on the
+   *whole* calibration set instead of a random batch. ``auto`` takes it where a step is cheaper
+   than a direct one; a self-check against the direct loss guards it.
 4. Hard rounding. The block's reconstruction error with hard AdaRound rounding is compared with
    nearest rounding on the calibration data; if AdaRound is worse, nearest is kept (counted).
 5. Write-back. The chosen codes become the quantizers' stored integers (``q_folded=1``,
@@ -76,6 +87,10 @@ class AdaroundOptions:
     device: str = option("cpu", "torch device (cpu, cuda)")
     threads: int = option(0, "torch threads for this pass (0: the run's setting)")
     cache_mb: int = option(2048, "activation cache held in memory before spilling to disk (MB)")
+    gram: Literal["auto", "on", "off"] = option(
+        "auto", "Gram fast path for a block that is one linear op with a plain squared-error loss (exact; "
+        "optimises the whole calibration set each step): auto where a step is cheaper than a direct one, "
+        "on wherever exact, off never")
 
 
 @dataclasses.dataclass
@@ -89,13 +104,14 @@ class BlockReport:
     mse_adaround: float
     seconds: float
     status: str  # trained | reverted | no-weights | skipped
+    path: str = "direct"  # direct (random batches through the block) | gram (whole data, Gram form)
 
     def line(self) -> str:
         """One line for the statistics report."""
         if self.status in ("no-weights", "skipped"):
             return f"block {self.index} [{self.ops}]: {self.status}"
         return (f"block {self.index} [{self.ops}]: {self.weights} weights, mse nearest {self.mse_nearest:.4g} "
-                f"-> adaround {self.mse_adaround:.4g} ({self.status}, {self.seconds:.1f} s)")
+                f"-> adaround {self.mse_adaround:.4g} ({self.status}, {self.path}, {self.seconds:.1f} s)")
 
 
 @register_pass
@@ -121,6 +137,7 @@ class AdaroundPass(QdqPass):
         "num-blocks-skipped": "blocks with an op to_torch cannot convert",
         "num-weights-rounded": "weight quantizers whose codes were written back",
         "num-codes-changed": "weight codes that differ from nearest rounding",
+        "num-blocks-gram": "trained blocks optimised by the Gram fast path",
     }
 
     def __init__(self, options: AdaroundOptions | None = None, **kwargs: object) -> None:
@@ -228,6 +245,7 @@ class _Runner:
             self.quant.put(value, array)
             self.float.put(value, array)
         self.chunk = max(64, options.batch_size)
+        self.eval_chunk = max(256, options.batch_size)  # no_grad full-data passes
 
     def run(self) -> None:
         from qdq_passes.quantizers import materialize
@@ -256,12 +274,12 @@ class _Runner:
                 continue
             ada_nodes = [n for n in block.nodes if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
                          and not dialect.quantizer_params(n).q_folded]
-            quantizers = [materialize(n) for n in ada_nodes]
-            quantizers = [q for q in quantizers if q.alpha is not None]
+            quantizers = [(n, materialize(n)) for n in ada_nodes]
+            quantizers = [(n, q) for n, q in quantizers if q.alpha is not None]
             f_inputs = [self._tensor(self.float.get(v)) for v in block.inputs]
             q_inputs = [self._tensor(self.quant.get(v)) for v in block.inputs]
             with self.torch.no_grad():
-                f_out = self._evaluate(fmod, f_inputs)
+                f_out = self._evaluate(fmod, f_inputs, self.eval_chunk)
             transforms = [self._loss_relu(v) for v in block.outputs]
             if quantizers and self.o.iters > 0:
                 train_inputs = q_inputs if self.o.input == "quant" else f_inputs
@@ -271,7 +289,7 @@ class _Runner:
             else:
                 self.pass_.reports.append(BlockReport(block.index, ops, 0, math.nan, math.nan, 0.0, "no-weights"))
             with self.torch.no_grad():
-                q_out = self._evaluate(qmod, q_inputs)
+                q_out = self._evaluate(qmod, q_inputs, self.eval_chunk)
             for value, f, q in zip(block.outputs, f_out, q_out):
                 self.float.put(value, f.cpu().numpy())
                 self.quant.put(value, q.cpu().numpy())
@@ -292,12 +310,13 @@ class _Runner:
     def _tensor(self, array: np.ndarray):  # noqa: ANN202
         return self.torch.from_numpy(np.asarray(array)).to(self.device)
 
-    def _evaluate(self, module, inputs: Sequence) -> list:  # noqa: ANN001
+    def _evaluate(self, module, inputs: Sequence, chunk: int | None = None) -> list:  # noqa: ANN001
         """Run ``module`` over all samples in chunks; returns one tensor per block output."""
+        chunk = chunk or self.chunk
         n = inputs[0].shape[0] if inputs else 1
         parts: list[list] = []
-        for start in range(0, n, self.chunk):
-            out = module(*[t[start:start + self.chunk] for t in inputs])
+        for start in range(0, n, chunk):
+            out = module(*[t[start:start + chunk] for t in inputs])
             outs = out if isinstance(out, tuple) else (out,)
             if not parts:
                 parts = [[] for _ in outs]
@@ -327,63 +346,125 @@ class _Runner:
                targets: list, transforms: list[bool], ops: str, tqdm) -> BlockReport:  # noqa: ANN001
         torch = self.torch
         o = self.o
-        relu = torch.nn.functional.relu
-
-        def recon(outs, tgts) -> torch.Tensor:  # noqa: ANN001
-            total = 0.0
-            for out, tgt, use_relu in zip(outs, tgts, transforms):
-                if use_relu:
-                    out, tgt = relu(out), relu(tgt)
-                diff = (out - tgt).float()
-                total = total + (diff.pow(2).sum(1).mean() if diff.dim() > 1 else diff.pow(2).mean())
-            return total
 
         def full_mse() -> float:
             with torch.no_grad():
-                outs = self._evaluate(qmod, q_inputs)
-                return float(recon(outs, targets))
+                outs = self._evaluate(qmod, q_inputs, self.eval_chunk)
+                return float(_recon(torch, outs, targets, transforms))
 
-        for q in quantizers:
+        for _, q in quantizers:
             q.use_soft_rounding = False
         mse_nearest = full_mse()
-        initial = [q.alpha.detach().clone() for q in quantizers]
-        params = [q.alpha for q in quantizers]
-        for q in quantizers:
-            q.use_soft_rounding = True
-        optimizer = torch.optim.Adam(params, lr=o.lr)
+        initial = [q.alpha.detach().clone() for _, q in quantizers]
+        params = [q.alpha for _, q in quantizers]
+        split = _Split(block, quantizers, self.model.opset_imports, self.device)
+        frontier = split.frontier(train_inputs, self.eval_chunk)
+        if frontier is None:  # a value crossing the cut has no batch axis: run the whole block per step
+            split = _Split(block, quantizers, self.model.opset_imports, self.device, cut=False)
+            frontier = split.frontier(train_inputs, self.eval_chunk)
+        kept = split.trained_outputs
+        tgts = [targets[i] for i in kept]
+        relus = [transforms[i] for i in kept]
+        # The targets never change: their Relu (when the loss compares after one) is taken once.
+        tgts = [torch.nn.functional.relu(t) if r else t for t, r in zip(tgts, relus)]
+        weights = [_SoftWeight(node, q, self.device) for node, q in quantizers]
+        gram = self._gram(block, split, frontier, weights, tgts, relus)
+        optimizer = torch.optim.Adam(params, lr=o.lr, **_adam_kwargs(self.device))
         generator = torch.Generator().manual_seed(o.seed * 1_000_003 + block.index)
-        n = train_inputs[0].shape[0]
+        per_sample, constants = frontier
+        n = per_sample[0].shape[0] if per_sample else train_inputs[0].shape[0]
+        batch = min(o.batch_size, n)
         warm = int(o.warm_start * o.iters)
         beta_start, beta_end = o.beta
+        betas = [beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos((it - warm) / max(1, o.iters - warm) * math.pi))
+                 if it >= warm and o.reg > 0 else None for it in range(o.iters)]
+        path = "gram" if gram is not None else "direct"
         steps = range(o.iters)
-        bar = tqdm(steps, desc=f"adaround block {block.index} [{ops}]", leave=False, disable=None) if tqdm else steps
+        bar = tqdm(steps, desc=f"adaround block {block.index} [{ops}, {path}]", leave=False, disable=None) if tqdm else steps
+        show = tqdm is not None and not getattr(bar, "disable", True)
         for it in bar:
-            idx = torch.randint(n, (min(o.batch_size, n),), generator=generator).to(self.device)
-            out = qmod(*[t.index_select(0, idx) for t in train_inputs])
-            outs = out if isinstance(out, tuple) else (out,)
-            loss = recon(outs, [t.index_select(0, idx) for t in targets])
-            if it >= warm and o.reg > 0:
-                progress = (it - warm) / max(1, o.iters - warm)
-                beta = beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos(progress * math.pi))
-                loss = loss + o.reg * sum(q.regularizer(beta) for q in quantizers)
+            hs = [w.quantizer.h() for w in weights]
+            if gram is not None:
+                w = weights[0]
+                loss = gram.loss(gram.layout.weight_to_matrix(w.soft(hs[0]) - w.weight))
+            else:
+                idx = torch.randint(n, (batch,), generator=generator).to(self.device)
+                out = split.module(*[t.index_select(0, idx) for t in per_sample], *constants,
+                                   *[w.soft(h) for w, h in zip(weights, hs)])
+                outs = out if isinstance(out, tuple) else (out,)
+                loss = _recon(torch, outs, [t.index_select(0, idx) for t in tgts], relus, targets_done=True)
+            beta = betas[it]
+            if beta is not None:
+                loss = loss + o.reg * sum(_regularizer(h, beta) for h in hs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if tqdm and it % 50 == 0:
+            if show and it % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4g}")
-        for q in quantizers:
+        for _, q in quantizers:
             q.use_soft_rounding = False
         mse_ada = full_mse()
         status = "trained"
         if mse_ada > mse_nearest:
             with torch.no_grad():
-                for q, alpha in zip(quantizers, initial):
+                for (_, q), alpha in zip(quantizers, initial):
                     q.alpha.copy_(alpha)
             status = "reverted"
             self.pass_.bump("num-blocks-reverted")
         else:
             self.pass_.bump("num-blocks-trained")
-        return BlockReport(block.index, ops, len(quantizers), mse_nearest, mse_ada, 0.0, status)
+        if gram is not None:
+            self.pass_.bump("num-blocks-gram")
+        return BlockReport(block.index, ops, len(quantizers), mse_nearest, mse_ada, 0.0, status, path)
+
+    def _gram(self, block: Block, split: _Split, frontier: tuple, weights: list, targets: list,  # noqa: ANN001
+              relus: list[bool]):  # noqa: ANN202
+        """The block's :class:`GramLoss` where the Gram form is exact (and, under ``auto``, cheaper); else None."""
+        from qdq_passes.adaround_gram import GramLoss, gram_layout
+
+        torch = self.torch
+        if self.o.gram == "off" or len(weights) != 1 or len(split.trained_nodes) != 1 or relus != [False]:
+            return None
+        node = split.trained_nodes[0]
+        weight = weights[0]
+        per_sample, constants = frontier
+        if (len(node.inputs) < 2 or node.inputs[1] is not weight.node.outputs[0]
+                or node.inputs[0] not in split.per_sample or split.outputs != [node.outputs[0]]
+                or any(v is weight.node.outputs[0] for v in node.inputs[2:])):
+            return None
+        layout = gram_layout(node, tuple(weight.weight.shape))
+        if layout is None:
+            return None
+        x_all = per_sample[split.per_sample.index(node.inputs[0])]
+        target = targets[0]
+        chunk = self.eval_chunk
+        n = x_all.shape[0]
+        rows_per_sample = layout.features(x_all[:1]).shape[0]
+        out_ch, k = layout.weight_to_matrix(weight.weight).shape
+        if self.o.gram == "auto" and k > 3 * min(self.o.batch_size, n) * rows_per_sample:
+            return None  # one Gram step (O K^2) would cost more than a direct step (3 B P O K)
+        gram = GramLoss(layout)
+        with torch.no_grad():
+            for start in range(0, n, chunk):
+                sl = slice(start, start + chunk)
+                y0 = split.module(*[t[sl] for t in per_sample], *constants, weight.weight)
+                gram.accumulate(x_all[sl], y0 - target[sl])
+            denominator = target.numel() / target.shape[1] if target.dim() > 1 else target.numel()
+            gram.finish(denominator)
+            # Safety net: at the current (hard) rounding the Gram loss must equal the direct one.
+            hard = weight.hard()
+            direct = 0.0
+            for start in range(0, n, chunk):
+                sl = slice(start, start + chunk)
+                y = split.module(*[t[sl] for t in per_sample], *constants, hard)
+                direct += float((y - target[sl]).double().pow(2).sum())
+            direct /= denominator
+            value = float(gram.loss(layout.weight_to_matrix(hard - weight.weight)))
+        if not math.isclose(value, direct, rel_tol=1e-3, abs_tol=1e-9 * max(1.0, gram.constant)):
+            logger.warning("adaround: block %d: Gram loss %.6g differs from the direct loss %.6g; using the direct path",
+                           block.index, value, direct)
+            return None
+        return gram
 
     def _release(self, block: Block) -> None:
         for value in block.inputs:
@@ -410,6 +491,157 @@ class _Runner:
                     r.append(out)
             for value, r in zip(block.outputs, results):
                 cache.put(value, np.concatenate(r))
+
+
+def _recon(torch, outs: Sequence, tgts: Sequence, transforms: Sequence[bool], targets_done: bool = False):  # noqa: ANN001, ANN202
+    """The reconstruction loss: per output, squared error summed over axis 1, averaged over the rest.
+
+    An output whose transform is True is compared after a Relu (``targets_done``: the targets'
+    Relu is already applied)."""
+    relu = torch.nn.functional.relu
+    total = 0.0
+    for out, tgt, use_relu in zip(outs, tgts, transforms):
+        if use_relu:
+            out = relu(out)
+            if not targets_done:
+                tgt = relu(tgt)
+        diff = (out - tgt).float()
+        total = total + (diff.pow(2).sum(1).mean() if diff.dim() > 1 else diff.pow(2).mean())
+    return total
+
+
+def _regularizer(h, beta: float):  # noqa: ANN001, ANN202
+    """AdaRound's rounding regulariser ``sum(1 - |2h - 1| ** beta)`` (as the quantizer's, on a given h)."""
+    return (1 - (2 * h - 1).abs().pow(beta)).sum()
+
+
+def _adam_kwargs(device) -> dict:  # noqa: ANN001
+    """The fused Adam kernel where torch has one for the device (one kernel per step instead of ~10)."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
+
+
+class _SoftWeight:
+    """An AdaRound quantizer's output as a function of ``h(alpha)``, with ``floor(W / s)`` taken once.
+
+    ``soft(h)`` and ``hard()`` are the quantizer's own soft and hard forwards on its float weight,
+    computed by the same operations in the same order (so bit-identical), without redoing the
+    division, the floor and the scale/zero-point broadcast every step."""
+
+    def __init__(self, node: onnx_ir.Node, quantizer, device) -> None:  # noqa: ANN001
+        torch = configured_torch()
+        self._torch = torch
+        self.node = node
+        self.quantizer = quantizer
+        self.weight = torch.from_numpy(np.array(constant_array(node.inputs[0]), dtype=np.float32)).to(device)
+        with torch.no_grad():
+            self.scale, self.zero_point = quantizer.tensor_sync(self.weight)
+            self.floor = torch.floor(self.weight.to(self.scale.dtype) / self.scale)
+            self.lo, self.hi = quantizer.min_q.to(self.scale), quantizer.max_q.to(self.scale)
+
+    def _dequantize(self, offset):  # noqa: ANN001, ANN202
+        codes = self._torch.clamp(self.floor + offset.to(self.floor.dtype) + self.zero_point, self.lo, self.hi)
+        return ((codes - self.zero_point) * self.scale).to(self.weight.dtype)
+
+    def soft(self, h):  # noqa: ANN001, ANN202
+        """The soft-rounded weight for ``h = quantizer.h()`` (differentiable)."""
+        return self._dequantize(h)
+
+    def hard(self):  # noqa: ANN202
+        """The hard-rounded weight (``alpha >= 0`` rounds up)."""
+        return self._dequantize(self.quantizer.alpha.detach() >= 0)
+
+
+class _Split:
+    """A block cut in two: what the trained rounding does not change, and what it does.
+
+    The first part (the block's activation quantizers on its inputs, folded biases, nearest-rounded
+    weights, ...) is evaluated once over all samples (``frontier``); ``module`` computes the block
+    outputs that depend on the rounding from those values (``per_sample``, then ``constants``) and
+    the AdaRound weights (one input per quantizer, in order), so a step runs only that part.
+    Outputs that do not depend on the rounding are constant in the loss and left out of training.
+    Should a value crossing the cut not be a float tensor with the batch as its first axis (say a
+    ``Shape``), nothing is cut: the first part is then empty."""
+
+    def __init__(self, block: Block, quantizers: list, opset_imports, device, cut: bool = True) -> None:  # noqa: ANN001
+        from qdq_passes.ir.to_torch import block_to_module
+        from qdq_passes.quantizers import materialize
+
+        ada = {node for node, _ in quantizers}
+        weights = [node.outputs[0] for node, _ in quantizers]
+        dependent: set[onnx_ir.Value] = set(weights)
+        trained: list[onnx_ir.Node] = []
+        for node in block.nodes:
+            if node not in ada and any(v is not None and v in dependent for v in node.inputs):
+                trained.append(node)
+                dependent.update(node.outputs)
+        trained_set = set(trained)
+        prefix = [n for n in block.nodes if n not in ada and n not in trained_set]
+        sample_values = set(block.inputs)
+        for node in prefix:
+            if any(v is not None and v in sample_values for v in node.inputs):
+                sample_values.update(node.outputs)
+        made = {v for n in prefix for v in n.outputs} | set(block.inputs)
+        frontier: list[onnx_ir.Value] = []
+        for node in trained:
+            for v in node.inputs:
+                if v is not None and v not in dependent and v in made and v not in frontier:
+                    frontier.append(v)
+        self.trained_outputs = [i for i, v in enumerate(block.outputs) if v in dependent]
+        self.outputs = [block.outputs[i] for i in self.trained_outputs]
+        per_sample = [v for v in frontier if v in sample_values]
+        constants = [v for v in frontier if v not in sample_values]
+        self.cut = cut and bool(per_sample) and all(v.dtype is not None and v.dtype.is_floating_point()
+                                                    for v in per_sample)
+        if not self.cut:
+            trained, per_sample, constants = [n for n in block.nodes if n not in ada], list(block.inputs), []
+            self.trained_outputs = list(range(len(block.outputs)))
+            self.outputs = list(block.outputs)
+        self.trained_nodes = trained
+        self.per_sample = per_sample
+        self.constants = constants
+
+        def build(nodes, inputs, outputs):  # noqa: ANN001, ANN202
+            return block_to_module(nodes, inputs, outputs, opset_imports=opset_imports,
+                                   quantizer_module=materialize).to(device)
+
+        self.block_inputs = list(block.inputs)
+        self.sample_module = build(_needed(prefix, per_sample), block.inputs, per_sample) if self.cut else None
+        self.constant_module = build(_needed(prefix, constants), [], constants) if constants else None
+        self.module = build(trained, [*per_sample, *constants, *weights], self.outputs)
+
+    def frontier(self, inputs: list, chunk: int) -> tuple[list, list] | None:
+        """The values crossing the cut: per-sample ones over all samples, and the constant ones.
+
+        None when a per-sample value turns out to have no batch axis (cut again with ``cut=False``)."""
+        torch = configured_torch()
+        with torch.no_grad():
+            constants = []
+            if self.constant_module is not None:
+                out = self.constant_module()
+                constants = list(out) if isinstance(out, tuple) else [out]
+            if self.sample_module is None:
+                return list(inputs), constants
+            n = inputs[0].shape[0]
+            parts: list[list] = [[] for _ in self.per_sample]
+            for start in range(0, n, chunk):
+                out = self.sample_module(*[t[start:start + chunk] for t in inputs])
+                outs = out if isinstance(out, tuple) else (out,)
+                for p, t in zip(parts, outs):
+                    if t.dim() == 0 or t.shape[0] != min(chunk, n - start):
+                        return None
+                    p.append(t)
+            return [torch.cat(p) for p in parts], constants
+
+
+def _needed(nodes: list[onnx_ir.Node], outputs: list[onnx_ir.Value]) -> list[onnx_ir.Node]:
+    """The nodes of ``nodes`` (in order) that ``outputs`` depend on."""
+    want = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(v in want for v in node.outputs):
+            keep.append(node)
+            want.update(v for v in node.inputs if v is not None)
+    return keep[::-1]
 
 
 def dialect_write_back(node: onnx_ir.Node) -> bool:

@@ -118,7 +118,19 @@ def test_onnxruntime_matches_torch_simulation_of_hard_rounded_model(which, reque
     actual = run_ort(result.lowered, result.case.holdout)[0]
     assert actual.shape == simulated.shape
     scale = float(np.abs(simulated).max())
-    np.testing.assert_allclose(actual, simulated, rtol=1e-5, atol=1e-5 * scale)
+    close = np.isclose(actual, simulated, rtol=1e-5, atol=1e-5 * scale)
+    # The output passes an output quantizer: where float rounding of the non-quantized ops (torch's
+    # and onnxruntime's convolutions sum in different orders) puts a value within rounding distance
+    # of a quantization boundary, the two land one step apart. Such flips must be rare and exactly
+    # one output step; everything else agrees to float32 rounding.
+    flips = ~close
+    output = result.rounded.graph.outputs[0].producer()
+    if output is None or not dialect.is_quantizer(output):
+        assert not flips.any(), f"{int(flips.sum())} of {flips.size} float outputs differ"
+        return
+    step = float(np.asarray(dialect.quantizer_spec(output).scale).max())
+    assert flips.mean() <= 1e-3, f"{int(flips.sum())} of {flips.size} outputs differ"
+    np.testing.assert_allclose(np.abs(actual - simulated)[flips], step, rtol=1e-4)
 
 
 @pytest.mark.parametrize("which", ["cnn", "transformer"])

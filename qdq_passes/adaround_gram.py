@@ -1,0 +1,161 @@
+"""The Gram form of AdaRound's loss for a block that is one linear op (``adaround`` fast path).
+
+When the only node of a block that depends on the trained rounding is one Conv (2-D, ``group=1``),
+Gemm (``transA=0``, ``alpha=1``) or MatMul (2-D weight) with the AdaRound weight as its second
+input, and its output is compared with the float target by the plain squared error, the output is
+linear in the weight: ``Y(Wq) = Y(W) + dW X`` with ``dW = Wq - W`` (weight as an ``[O, K]`` matrix,
+``X`` the ``[K, M]`` im2col'd / flattened quantized input, M = samples x positions). With
+``R = Y(W) - T`` (T the float target) the summed squared error is
+
+    sum ||dW X + R||^2 = sum(dW * (dW H + 2 G)) + ||R||^2,   H = X X^T,  G = R^T X^T
+
+so each step costs O(O K^2), whatever the number of samples. ``H``, ``G`` and ``||R||^2`` are
+accumulated once per block in float64 over all calibration samples; the loss is divided by the
+direct path's normaliser (``sum(1).mean()``: the element count over the size of axis 1), so it
+*is* the direct loss evaluated on the whole calibration set, not on a random batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import onnx_ir
+import torch
+import torch.nn.functional as F
+
+__all__ = ["GramLoss", "gram_layout"]
+
+
+def _ints(node: onnx_ir.Node, name: str, default: list[int] | None) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return default if attr is None else list(attr.as_ints())
+
+
+def _int(node: onnx_ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.as_int())
+
+
+def _float(node: onnx_ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.as_float())
+
+
+class _Layout:
+    """How one linear op maps (input, weight, output) to (X rows, [O, K] weight, output rows)."""
+
+    def __init__(self, kind: str, weight_to_matrix: Callable[[torch.Tensor], torch.Tensor],
+                 features: Callable[[torch.Tensor], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.kind = kind
+        self.weight_to_matrix = weight_to_matrix  # weight tensor -> [O, K] (a view)
+        self.features = features  # op input chunk -> [M, K]
+        self.rows = rows  # op output chunk -> [M, O]
+
+
+def gram_layout(node: onnx_ir.Node, weight_shape: tuple[int, ...]) -> _Layout | None:
+    """The Gram layout of ``node`` (weight = input 1, of ``weight_shape``), or None if not supported."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "MatMul" and len(weight_shape) == 2:
+        return _Layout("MatMul", lambda w: w.t(), lambda x: x.reshape(-1, x.shape[-1]),
+                       lambda y: y.reshape(-1, y.shape[-1]))
+    if node.op_type == "Gemm" and len(weight_shape) == 2:
+        if _int(node, "transA", 0) or _float(node, "alpha", 1.0) != 1.0:
+            return None
+        trans_b = _int(node, "transB", 0)
+        return _Layout("Gemm", (lambda w: w) if trans_b else (lambda w: w.t()), lambda x: x, lambda y: y)
+    if node.op_type == "Conv" and len(weight_shape) == 4:
+        if _int(node, "group", 1) != 1:
+            return None
+        auto_pad = node.attributes.get("auto_pad")
+        if auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID"):
+            return None
+        kernel = tuple(weight_shape[2:])
+        strides = tuple(_ints(node, "strides", [1, 1]))
+        dilations = tuple(_ints(node, "dilations", [1, 1]))
+        pads = _ints(node, "pads", [0, 0, 0, 0])
+        if auto_pad is not None and auto_pad.as_string() == "VALID":
+            pads = [0, 0, 0, 0]
+        assert pads is not None
+        torch_pad = (pads[1], pads[3], pads[0], pads[2])
+        out_ch = weight_shape[0]
+
+        def features(x: torch.Tensor) -> torch.Tensor:
+            if any(torch_pad):
+                x = F.pad(x, torch_pad)
+            cols = F.unfold(x, kernel, dilation=dilations, stride=strides)  # [N, K, L]
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+        return _Layout("Conv", lambda w: w.reshape(out_ch, -1), features,
+                       lambda y: y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]))
+    return None
+
+
+class _GramFunction(torch.autograd.Function):
+    """``sum(dW * (dW H + 2 G))`` with one matrix product per step (H symmetric)."""
+
+    @staticmethod
+    def forward(ctx, dw: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        q = torch.addmm(g, dw, h)  # dW H + G
+        ctx.save_for_backward(q)
+        return torch.sum(dw * (q + g))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        (q,) = ctx.saved_tensors
+        return q * (2 * grad), None, None
+
+
+class GramLoss:
+    """The block's loss as a function of ``dW`` (``[O, K]``), built from the whole data once.
+
+    ``accumulate(x_chunk, r_chunk)`` adds one chunk (op input, and ``Y(W) - T`` in the op's output
+    layout); ``finish(denominator, constant)`` fixes the normaliser and the loss of the block's
+    other outputs; ``loss(dW)`` is then differentiable in ``dW``.
+    """
+
+    def __init__(self, layout: _Layout, dtype: torch.dtype = torch.float32) -> None:
+        self.layout = layout
+        self.dtype = dtype
+        self._h: torch.Tensor | None = None
+        self._g: torch.Tensor | None = None
+        self._rr = 0.0
+        self.h = self.g = None
+        self.scale = 1.0
+        self.constant = 0.0
+
+    def accumulate(self, x: torch.Tensor, r: torch.Tensor) -> None:
+        xf = self.layout.features(x).to(torch.float64)
+        rf = self.layout.rows(r).to(torch.float64)
+        h, g = xf.t() @ xf, rf.t() @ xf
+        self._h = h if self._h is None else self._h + h
+        self._g = g if self._g is None else self._g + g
+        self._rr += float(rf.pow(2).sum())
+
+    def finish(self, denominator: float, constant: float = 0.0) -> None:
+        assert self._h is not None and self._g is not None
+        h = 0.5 * (self._h + self._h.t())
+        self.h = h.to(self.dtype).contiguous()
+        self.g = self._g.to(self.dtype).contiguous()
+        self.scale = 1.0 / denominator
+        self.constant = constant + self._rr / denominator
+        self._h = self._g = None
+
+    @property
+    def ops_per_step(self) -> int:
+        """Multiply-adds of one step's product (``O K^2``)."""
+        assert self.g is not None
+        out, k = self.g.shape
+        return out * k * k
+
+    def loss(self, dw: torch.Tensor) -> torch.Tensor:
+        """``(sum(dW * (dW H + 2 G)) + ||R||^2) / denominator + constant``."""
+        return _GramFunction.apply(dw, self.h, self.g) * self.scale + self.constant
+
+
+def denominators(outputs: Iterable[torch.Tensor]) -> float:
+    """The direct loss's normaliser of a (full-data) output: ``numel / shape[1]`` (``numel`` if 1-D)."""
+    total = 0.0
+    for y in outputs:
+        total += y.numel() / y.shape[1] if y.dim() > 1 else y.numel()
+    return total

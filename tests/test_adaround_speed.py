@@ -1,0 +1,199 @@
+"""The ``adaround`` fast paths: the Gram form of the loss, and the cut block of the direct path.
+
+* Gram: for Conv, Gemm and MatMul layouts, ``GramLoss`` equals the direct squared error summed
+  over axis 1 and averaged over the rest, on the whole data, in value and gradient (float64).
+* The pass on a single-Gemm model takes the Gram path (``gram=auto``) and is at least as good as
+  nearest rounding; ``gram=off`` runs the direct path.
+* Direct path: the cut block (``_Split``: the part that does not depend on the rounding evaluated
+  once, then the rest on the soft weights of ``_SoftWeight``) computes what the whole block module
+  computes with the quantizers' own soft rounding, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from qdq_passes.adaround import AdaroundPass, _SoftWeight, _Split
+from qdq_passes.adaround_gram import GramLoss, gram_layout
+from qdq_passes.insert_quantizers import InsertQuantizersPass
+from qdq_passes.ir import dialect
+from qdq_passes.ir.blocks import BlockPartition
+from tests.adaround_models import ort_int4, save_npz, sqnr_db, transformer_case
+from tests.models import run_ort
+
+
+def _node(op_type: str, **attrs: object) -> onnx_ir.Node:
+    proto = helper.make_node(op_type, ["x", "w", "b"] if op_type != "MatMul" else ["x", "w"], ["y"], **attrs)
+    return onnx_ir.serde.deserialize_node(proto)
+
+
+def _direct(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return (y - t).pow(2).sum(1).mean()
+
+
+CASES = {
+    "conv": (dict(op_type="Conv", strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2]), (6, 4, 3, 3), (10, 4, 9, 8)),
+    "gemm-transB": (dict(op_type="Gemm", transB=1), (7, 12), (40, 12)),
+    "gemm": (dict(op_type="Gemm"), (12, 7), (40, 12)),
+    "matmul": (dict(op_type="MatMul"), (12, 7), (5, 9, 12)),
+}
+
+
+def _forward(kind: str, attrs: dict, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    if kind == "conv":
+        p = attrs["pads"]
+        return F.conv2d(F.pad(x, (p[1], p[3], p[0], p[2])), w, b, attrs["strides"], 0, attrs["dilations"])
+    if kind == "gemm-transB":
+        return F.linear(x, w, b)
+    if kind == "gemm":
+        return x @ w + b
+    return x @ w
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_gram_loss_and_gradient_equal_direct_full_batch(kind):
+    attrs, w_shape, x_shape = CASES[kind]
+    attrs = dict(attrs)
+    node = _node(attrs.pop("op_type"), **attrs)
+    gen = torch.Generator().manual_seed(0)
+    dt = torch.float64
+    x = torch.randn(x_shape, generator=gen, dtype=dt)
+    w = torch.randn(w_shape, generator=gen, dtype=dt)
+    out_ch = w_shape[0] if kind in ("conv", "gemm-transB") else w_shape[1]
+    b = None if kind == "matmul" else torch.randn(out_ch, generator=gen, dtype=dt)
+    # a target that is not W x + b: the input of the float path differs (quantization noise)
+    target = _forward(kind, attrs, x + 0.05 * torch.randn(x_shape, generator=gen, dtype=dt), w, b)
+    wq = (w + 0.1 * torch.randn(w_shape, generator=gen, dtype=dt)).requires_grad_()
+
+    layout = gram_layout(node, w_shape)
+    assert layout is not None
+    gram = GramLoss(layout, dtype=dt)
+    with torch.no_grad():
+        for sl in (slice(0, 3), slice(3, None)):  # chunked accumulation
+            gram.accumulate(x[sl], _forward(kind, attrs, x[sl], w, b) - target[sl])
+    gram.finish(target.numel() / target.shape[1])
+    loss_gram = gram.loss(layout.weight_to_matrix(wq - w))
+    (grad_gram,) = torch.autograd.grad(loss_gram, wq)
+
+    loss_direct = _direct(_forward(kind, attrs, x, wq, b), target)
+    (grad_direct,) = torch.autograd.grad(loss_direct, wq)
+    assert loss_gram.item() == pytest.approx(loss_direct.item(), rel=1e-10)
+    torch.testing.assert_close(grad_gram, grad_direct, rtol=1e-9, atol=1e-12)
+
+
+def test_gram_layout_refuses_what_is_not_exact():
+    assert gram_layout(_node("Conv", group=2), (4, 2, 3, 3)) is None
+    assert gram_layout(_node("Gemm", transA=1), (4, 4)) is None
+    assert gram_layout(_node("Gemm", alpha=2.0), (4, 4)) is None
+    assert gram_layout(_node("Conv", auto_pad="SAME_UPPER"), (4, 2, 3, 3)) is None
+    assert gram_layout(_node("MatMul"), (2, 4, 4)) is None
+
+
+# --------------------------------------------------------------------------- the pass on one Gemm
+
+
+def _gemm_case():
+    rng = np.random.default_rng(0)
+    k, o = 24, 16
+    w = (rng.standard_normal((o, k)) / np.sqrt(k)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(o)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", o])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    mix = rng.standard_normal((k, k)).astype(np.float32) / np.sqrt(k)  # correlated features
+    calib = (rng.standard_normal((128, k)) @ mix).astype(np.float32)
+    holdout = (rng.standard_normal((256, k)) @ mix).astype(np.float32)
+    return model, ort_int4(model, "x", calib), calib, holdout
+
+
+@pytest.fixture(scope="module")
+def gemm_case():
+    return _gemm_case()
+
+
+def _run(gemm_case, tmp_path, **options):
+    model, qdq, calib, _ = gemm_case
+    ir_model = onnx_ir.from_proto(onnx.load_model_from_string(qdq.SerializeToString()))
+    InsertQuantizersPass(weights="adaround")(ir_model)
+    ada = AdaroundPass(calib=str(save_npz(tmp_path / "calib.npz", {"x": calib})), iters=300, threads=1, **options)
+    ada(ir_model)
+    import qdq_passes
+
+    return ada, qdq_passes.run(ir_model, "lower-qdq,fold-qdq")
+
+
+def test_single_gemm_takes_the_gram_path_and_beats_nearest(gemm_case, tmp_path):
+    model, qdq, _, holdout = gemm_case
+    ada, lowered = _run(gemm_case, tmp_path)
+    (report,) = [r for r in ada.reports if r.weights]
+    assert report.path == "gram" and ada.stats["num-blocks-gram"] == 1
+    assert report.status == "trained" and report.mse_adaround <= report.mse_nearest
+    reference = run_ort(model, {"x": holdout})[0]
+    nearest = sqnr_db(reference, run_ort(qdq, {"x": holdout})[0])
+    learned = sqnr_db(reference, run_ort(lowered, {"x": holdout})[0])
+    assert learned >= nearest, (nearest, learned)
+
+    off, _ = _run(gemm_case, tmp_path, gram="off")
+    (direct,) = [r for r in off.reports if r.weights]
+    assert direct.path == "direct" and off.stats["num-blocks-gram"] == 0
+    assert direct.mse_adaround <= direct.mse_nearest
+
+
+# --------------------------------------------------------------------------- the cut block
+
+
+def test_cut_block_matches_whole_block_with_soft_rounding():
+    from qdq_passes.ir.to_torch import block_to_module
+    from qdq_passes.quantizers import materialize
+
+    case = transformer_case()
+    model = onnx_ir.from_proto(onnx.load_model_from_string(case.qdq_model.SerializeToString()))
+    InsertQuantizersPass(weights="adaround")(model)
+    onnx_ir.passes.common.ShapeInferencePass()(model)
+    x = torch.from_numpy(case.calib["x"][:8])
+    for granularity in ("block", "layer"):
+        for block in BlockPartition.build(model, granularity=granularity):
+            nodes = [n for n in block.nodes if n.op_type == dialect.ADAROUND_QUANTIZER]
+            if not nodes:
+                continue
+            pairs = [(n, materialize(n)) for n in nodes]
+            gen = torch.Generator().manual_seed(block.index)
+            with torch.no_grad():
+                for _, q in pairs:
+                    q.alpha.copy_(torch.randn(q.alpha.shape, generator=gen))
+            whole = block_to_module(block.nodes, block.inputs, block.outputs, opset_imports=model.opset_imports,
+                                    quantizer_module=materialize)
+            # block inputs: run the model's prefix in torch on the whole graph would be heavy; use
+            # random tensors of the recorded shapes (the comparison is of two evaluations).
+            inputs = [x if v.name == "x" else torch.randn([8, *[d for d in v.shape[1:]]], generator=gen)
+                      for v in block.inputs]
+            split = _Split(block, pairs, model.opset_imports, torch.device("cpu"))
+            per_sample, constants = split.frontier(inputs, 3)
+            weights = [_SoftWeight(n, q, torch.device("cpu")) for n, q in pairs]
+            for _, q in pairs:
+                q.use_soft_rounding = True
+            try:
+                with torch.no_grad():
+                    expected = whole(*inputs)
+                    got = split.module(*per_sample, *constants, *[w.soft(w.quantizer.h()) for w in weights])
+            finally:
+                for _, q in pairs:
+                    q.use_soft_rounding = False
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = got if isinstance(got, tuple) else (got,)
+            kept = [expected[i] for i in split.trained_outputs]
+            assert len(kept) == len(got) >= 1
+            for e, g in zip(kept, got):
+                torch.testing.assert_close(g, e, rtol=0, atol=0)
+            for w in weights:
+                with torch.no_grad():
+                    torch.testing.assert_close(w.hard(), w.quantizer(w.weight), rtol=0, atol=0)
