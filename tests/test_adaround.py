@@ -228,3 +228,54 @@ def test_input_float_and_layer_granularity_run(options, tmp_path):
         assert _final_mse(r) <= r.mse_nearest
     out = run_ort(result.lowered, case.holdout)[0]
     assert np.isfinite(out).all()
+
+
+def _hardmax_model() -> onnx.ModelProto:
+    """x -> MatMul -> Hardmax -> MatMul -> MatMul: to_torch has no Hardmax converter."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.3).astype(np.float32), f"w{i}")
+               for i in range(3)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("Hardmax", ["a"], ["h"], axis=-1),
+        helper.make_node("Add", ["h", "a"], ["b"]),
+        helper.make_node("MatMul", ["b", "w1"], ["c"]),
+        helper.make_node("MatMul", ["c", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "hardmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_unsupported_block_is_skipped_counted_and_run_by_onnxruntime(tmp_path, caplog):
+    """A block with an op to_torch cannot convert: warned, counted, its outputs from onnxruntime."""
+    from tests.models import ort_quantize, random_inputs
+
+    float_model = _hardmax_model()
+    qdq = ort_quantize(float_model, tmp_path, weight_type="QInt4", opset=21,
+                       extra_options={"AddQDQPairToWeight": True})
+    calib = {"x": np.concatenate([f["x"] for f in random_inputs(float_model, n=32, seed=1)])}
+    path = save_npz(tmp_path / "calib.npz", calib)
+    model = _load(qdq)
+    InsertQuantizersPass(weights="adaround")(model)
+    ada = AdaroundPass(calib=str(path), iters=20, max_ops=1, threads=1)
+    with caplog.at_level("WARNING", logger="qdq_passes"):
+        assert ada(model).modified
+    assert ada.stats["num-blocks-skipped"] >= 1
+    assert "Hardmax" in caplog.text and "skipped" in caplog.text
+    assert ada.stats["num-blocks-trained"] + ada.stats["num-blocks-reverted"] >= 1
+    lowered = onnx_ir.to_proto(qdq_passes.run(model, "lower-qdq,fold-qdq"))
+    run_ort(lowered, {"x": calib["x"][:1]})
+
+
+def test_spilling_the_cache_to_disk_gives_the_same_model(tmp_path, transformer):
+    """cache-mb=0 keeps every activation in memory-mapped files: same codes as in memory."""
+    case = transformer.case
+    in_memory = adaround(case, tmp_path, iters=30, threads=1, seed=0)
+    spilled = adaround(case, tmp_path, iters=30, threads=1, seed=0, cache_mb=0)
+    codes = lambda r: [np.asarray(constant_array(n.inputs[0])) for n in r.rounded.graph  # noqa: E731
+                       if n.op_type == dialect.ADAROUND_QUANTIZER]
+    for a, b in zip(codes(in_memory), codes(spilled), strict=True):
+        np.testing.assert_array_equal(a, b)
