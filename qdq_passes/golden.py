@@ -6,7 +6,9 @@ the canonical text (:func:`qdq_passes.ir.printer.print_model`) of the output mod
 ``# RUN: not qdq-opt ...`` case, the error the tool printed.
 
 ``# CHECK: text`` lines must appear in the output in order; ``# CHECK-NOT: text`` must not appear
-between the previous CHECK match and the next one (or the end).
+between the previous CHECK match and the next one (or the end). ``# CHECK-ERR:`` and
+``# CHECK-ERR-NOT:`` do the same against what the tool printed on stderr (reports, printed blocks),
+with the case's path shown as ``%s``; the ``.expected`` file holds only the output.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class GoldenCase:
     run: list[str]
     expect_failure: bool
     checks: list[tuple[str, str]]
+    err_checks: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def expected_path(self) -> Path:
@@ -42,16 +45,18 @@ class GoldenCase:
         """Parse the RUN and CHECK lines of a case file."""
         run: list[str] | None = None
         checks: list[tuple[str, str]] = []
+        err_checks: list[tuple[str, str]] = []
         for line in path.read_text(encoding="utf-8").splitlines():
             stripped = line.strip()
             if stripped.startswith("# RUN:"):
                 if run is not None:
                     raise ValueError(f"{path}: more than one RUN line")
                 run = shlex.split(stripped[len("# RUN:"):])
-            for kind in ("CHECK-NOT", "CHECK"):
+            for kind in ("CHECK-ERR-NOT", "CHECK-ERR", "CHECK-NOT", "CHECK"):
                 prefix = f"# {kind}:"
                 if stripped.startswith(prefix):
-                    checks.append((kind, stripped[len(prefix):].strip()))
+                    target = err_checks if kind.startswith("CHECK-ERR") else checks
+                    target.append((kind.replace("-ERR", ""), stripped[len(prefix):].strip()))
                     break
         if not run:
             raise ValueError(f"{path}: no '# RUN:' line")
@@ -60,7 +65,7 @@ class GoldenCase:
             run = run[1:]
         if run[0] != "qdq-opt" or "%s" not in run:
             raise ValueError(f"{path}: the RUN line must be 'qdq-opt %s ...' (optionally after 'not')")
-        return cls(path, run[1:], expect_failure, checks)
+        return cls(path, run[1:], expect_failure, checks, err_checks)
 
 
 @dataclasses.dataclass
@@ -69,6 +74,7 @@ class GoldenResult:
 
     exit_code: int
     text: str
+    stderr: str = ""
 
 
 def find_cases(root: Path) -> list[Path]:
@@ -90,13 +96,12 @@ def run_case(case: GoldenCase) -> GoldenResult:
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):
             code = main(argv)
-        if case.expect_failure:
-            return GoldenResult(code, stderr.getvalue().replace(str(case.path), "%s"))
-        if code != 0:
-            return GoldenResult(code, stderr.getvalue())
+        err = stderr.getvalue().replace(str(case.path), "%s")
+        if case.expect_failure or code != 0:
+            return GoldenResult(code, err, err)
         model: onnx_ir.Model = load_model(out)
         model.metadata_props.pop(VERSION_KEY, None)
-        return GoldenResult(code, print_model(model))
+        return GoldenResult(code, print_model(model), err)
 
 
 def check_lines(checks: list[tuple[str, str]], text: str) -> list[str]:

@@ -25,6 +25,7 @@ def main(argv: list[str]) -> int:
         result = run_case(case)
         ok = (result.exit_code != 0) if case.expect_failure else (result.exit_code == 0)
         failures = check_lines(case.checks, result.text)
+        failures += [f"stderr {f}" for f in check_lines(case.err_checks, result.stderr)]
         old = case.expected_path.read_text(encoding="utf-8") if case.expected_path.exists() else None
         if ok:
             case.expected_path.write_text(result.text, encoding="utf-8")

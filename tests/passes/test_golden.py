@@ -20,6 +20,7 @@ def test_golden_case(path: Path) -> None:
     else:
         assert result.exit_code == 0, result.text
     failures = check_lines(case.checks, result.text)
+    failures += [f"stderr {f}" for f in check_lines(case.err_checks, result.stderr)]
     assert not failures, "\n".join(failures) + "\n--- output ---\n" + result.text
     assert case.expected_path.exists(), f"no golden {case.expected_path.name}: run tools/update_goldens.py"
     assert result.text == case.expected_path.read_text(encoding="utf-8"), (
