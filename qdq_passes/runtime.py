@@ -51,23 +51,31 @@ def configure(threads: int | None = None, seed: int | None = None) -> RuntimeSet
         _SETTINGS.seed = seed
     random.seed(_SETTINGS.seed)
     np.random.seed(_SETTINGS.seed % 2**32)
+    global _TORCH_PENDING
+    _TORCH_PENDING = True
     if "torch" in sys.modules:  # importing torch costs a second: passes that need it call configured_torch()
-        _apply_to_torch(sys.modules["torch"])
+        configured_torch()
     return _SETTINGS
 
 
+_TORCH_PENDING = True
+
+
 def configured_torch():  # noqa: ANN201 - the torch module
-    """Import torch with the thread count and seed in force applied."""
+    """Import torch; the first call after :func:`configure` applies its thread count and seed.
+
+    Later calls change nothing, so a pass may set its own thread count (an option) and keep it,
+    and calling this in a loop costs nothing.
+    """
     import torch
 
-    _apply_to_torch(torch)
+    global _TORCH_PENDING
+    if _TORCH_PENDING:
+        if torch.get_num_threads() != _SETTINGS.threads:
+            torch.set_num_threads(_SETTINGS.threads)
+        torch.manual_seed(_SETTINGS.seed)
+        _TORCH_PENDING = False
     return torch
-
-
-def _apply_to_torch(torch) -> None:  # noqa: ANN001
-    if torch.get_num_threads() != _SETTINGS.threads:
-        torch.set_num_threads(_SETTINGS.threads)
-    torch.manual_seed(_SETTINGS.seed)
 
 
 def ort_session_options(*, optimize: bool = False):  # noqa: ANN201 - onnxruntime.SessionOptions
