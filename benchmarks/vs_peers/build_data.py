@@ -13,6 +13,17 @@ per case, into ``_work/<case>/``:
   in int8 tensors (Quark reads no INT4);
 * ``meta.json``: input name, weight bits, which ops were quantized.
 
+``magika-w4``/``magika-w8``: the pretrained content-type model bundled in the ``magika`` wheel
+(pinned ``magika==1.0.3``, installed into ``_envs/data``), cut at its logits (the softmax tail
+dropped) and converted to opset 21; its inputs are built by magika's own feature extraction
+(``Magika._get_result_or_features_from_path``: the first and last 1024 bytes of the first/last
+4096, whitespace-stripped, padded with token 256) from real files found on this machine under
+/usr/share, /usr/lib/python3*, /etc (files magika would not send to its model, e.g. under 8 bytes,
+are skipped; identical inputs kept once; extensions taken round-robin for variety). 256 calibrate,
+512 disjoint ones are held out; the file lists are in ``files.json``. Only the MatMul and Conv
+weights are quantized (the one-hot byte embedding 257x64, the 5-tap Conv 512x256x5x1 and the
+512x214 head).
+
 Every tool reads these same files, so data, scales and zero points are identical for all of them.
 
     _envs/data/bin/python build_data.py --out _work --cases cnn-w4,cnn-w8,tfm-w4,tfm-w8 [--threads 1]
@@ -29,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.utils
 from onnx import TensorProto, helper, numpy_helper
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +49,8 @@ OPSET, IR_VERSION = 21, 10
 IMG = 32
 CNN_CONVS = [(16, 1), (16, 2), (32, 1), (32, 1), (64, 2), (64, 1)]  # as tests/adaround_models.py
 N_CALIB, N_TEST = 256, 497
+MAGIKA_HOLDOUT = 512
+MAGIKA_ROOTS = ["/usr/share", *sorted(str(p) for p in Path("/usr/lib").glob("python3*")), "/etc"]
 
 
 # --------------------------------------------------------------------------- sklearn digits CNN
@@ -112,6 +126,90 @@ def cnn_model(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     return model
 
 
+# --------------------------------------------------------------------------- magika (pretrained, from its wheel)
+
+
+def magika_files(n: int, seed: int) -> tuple[list[str], np.ndarray, object]:
+    """``n`` distinct magika model inputs [n, 2048] int32 from real files, with their paths."""
+    import hashlib
+    import os
+    import random
+
+    try:
+        from magika import Magika
+    except ImportError:
+        raise SystemExit("magika cases need magika==1.0.3 in _envs/data: _envs/data/bin/pip install magika==1.0.3")
+
+    mk = Magika()
+    cfg = mk._model_config
+    groups: dict[str, list[str]] = {}
+    for root in MAGIKA_ROOTS:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for f in sorted(filenames):
+                path = os.path.join(dirpath, f)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) < 8:
+                        continue
+                except OSError:
+                    continue
+                ext = os.path.splitext(f)[1].lower()
+                groups.setdefault(ext if 1 < len(ext) <= 8 else "", []).append(path)
+    rng = random.Random(seed)
+    queues = []
+    for ext in sorted(groups):
+        rng.shuffle(groups[ext])
+        queues.append(groups[ext])
+    paths, rows, seen = [], [], set()
+    depth = 0
+    while len(rows) < n and any(depth < len(q) for q in queues):
+        for q in queues:  # round-robin over extensions: variety of content types
+            if depth >= len(q) or len(rows) >= n:
+                continue
+            try:
+                result, feats = mk._get_result_or_features_from_path(Path(q[depth]))
+            except OSError:
+                continue
+            if feats is None:  # magika answers without its model (empty, tiny, unreadable)
+                continue
+            x = list(feats.beg[: cfg.beg_size]) + list(feats.end[-cfg.end_size:])  # as _get_raw_predictions
+            h = hashlib.sha1(np.asarray(x, np.int32).tobytes()).hexdigest()
+            if h not in seen:
+                seen.add(h)
+                paths.append(q[depth])
+                rows.append(x)
+        depth += 1
+    if len(rows) < n:
+        raise SystemExit(f"only {len(rows)} usable files under {MAGIKA_ROOTS}, {n} needed")
+    return paths, np.asarray(rows, dtype=np.int32), mk
+
+
+def magika_float_model(mk: object) -> onnx.ModelProto:
+    """magika's bundled model up to its logits (softmax tail dropped), opset 21."""
+    import tempfile
+
+    from onnx import version_converter
+
+    src = Path(mk._model_path)
+    m = onnx.load(src)
+    logits = next(n.output[0] for n in m.graph.node if n.name.endswith("Dense_1/AddV2"))
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.utils.extract_model(str(src), f"{tmp}/cut.onnx", [m.graph.input[0].name], [logits])
+        m = onnx.load(f"{tmp}/cut.onnx")
+    m = version_converter.convert_version(m, OPSET)
+    used = {n.domain for n in m.graph.node}
+    keep = [o for o in m.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    for node in m.graph.node:  # output renamed "logits"
+        node.output[:] = ["logits" if o == logits else o for o in node.output]
+    m.graph.output[0].name = "logits"
+    m.ir_version = IR_VERSION
+    m.producer_name = "qdq-passes-vs-peers (magika standard model, cut at logits)"
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
 # --------------------------------------------------------------------------- onnxruntime QDQ
 
 
@@ -175,6 +273,29 @@ def build(case: str, out: Path, threads: int, seed: int) -> dict:
         model = transformer_float_model(seed)
         calib, holdout, labels = token_inputs(N_CALIB, seed + 2), token_inputs(512, seed + 3), None
         input_name, op_types, classes = "x", ["MatMul"], False
+    elif family == "magika":
+        paths, x, mk = magika_files(N_CALIB + MAGIKA_HOLDOUT, seed)
+        model = magika_float_model(mk)
+        input_name = model.graph.input[0].name
+        calib, holdout, labels = x[:N_CALIB], x[N_CALIB:], None
+        op_types, classes = ["MatMul", "Conv"], True
+        # the cut model must give magika's own answers: same argmax as its full model's softmax
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        full = ort.InferenceSession(str(mk._model_path), so, providers=["CPUExecutionProvider"])
+        cut = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        probs = full.run(None, {input_name: holdout})[0]
+        lg = cut.run(None, {input_name: holdout})[0]
+        if not (probs.argmax(-1) == lg.argmax(-1)).all():
+            raise SystemExit("the cut magika model disagrees with the bundled one")
+        space = mk._model_config.target_labels_space
+        top = np.bincount(lg.argmax(-1), minlength=len(space))
+        (out / case).mkdir(parents=True, exist_ok=True)
+        (out / case / "files.json").write_text(json.dumps({
+            "roots": MAGIKA_ROOTS, "calib": paths[:N_CALIB], "holdout": paths[N_CALIB:],
+            "holdout_float_labels": {space[i]: int(c) for i, c in enumerate(top) if c}}, indent=1))
     else:
         raise SystemExit(f"unknown case {case}")
     for node in model.graph.node:  # Quark pairs float and quantized layers by node name
@@ -188,6 +309,11 @@ def build(case: str, out: Path, threads: int, seed: int) -> dict:
     ort_qdq(d / "float.onnx", d / "qdq.onnx", input_name, calib, bits, op_types, False)
     meta = {"case": case, "input": input_name, "bits": bits, "classes": classes, "n_calib": len(calib),
             "n_holdout": len(holdout), "op_types": op_types}
+    if family == "magika":
+        import magika
+
+        meta["model"] = f"magika {magika.__version__} {Path(mk._model_path).parent.name}, cut at logits, opset {OPSET}"
+        meta["holdout_distinct_labels"] = int((top > 0).sum())
     if bits == 4:
         m, n = int4_to_int8_containers(onnx.load(d / "qdq.onnx"))
         onnx.save(m, d / "qdq_int8c.onnx")

@@ -3,17 +3,19 @@
 One command (from the repository root, with any Python 3.11):
 
     python3 benchmarks/vs_peers/run.py [--iters 1000] [--threads 1] [--batch-size 32] [--lr 0.1]
-        [--cases cnn-w4,cnn-w8,tfm-w4,tfm-w8] [--tools nearest,quark,aimet,ours-layer,ours-block]
+        [--cases cnn-w4,cnn-w8,tfm-w4,tfm-w8,magika-w4,magika-w8] [--tools nearest,quark,aimet,ours-layer,ours-block]
         [--skip-install] [--pareto 100,300]
 
 1. Environments under ``_envs/`` (skipped when their stamp exists, or with ``--skip-install``):
-   ``data`` (torch 2.13.0 CPU, scikit-learn, onnx, onnxruntime, matplotlib), ``quark`` (torch
+   ``data`` (torch 2.13.0 CPU, scikit-learn, onnx, onnxruntime, matplotlib, magika 1.0.3), ``quark`` (torch
    2.13.0, then amd-quark==0.13, onnxruntime), ``aimet`` (torch 2.13.0, torchvision 0.28.0 with
    --no-deps, pillow, then aimet-onnx==2.42.0), ``ours`` only when the running interpreter cannot
    import qdq_passes (then the repository's .venv if it can, else a new venv with torch 2.13.0 and
    ``-e .``). A failed install is recorded and shown in the table as ``not installed: <reason>``.
 2. ``build_data.py`` (data env) writes each case's float model, calibration/hold-out inputs and
-   onnxruntime QDQ models to ``_work/<case>/``: every tool reads the same files.
+   onnxruntime QDQ models to ``_work/<case>/``: every tool reads the same files. ``magika-*``: the
+   pretrained model shipped in the magika wheel, fed magika's own features of real files on this
+   machine (see build_data.py).
 3. Each tool runs in its own process under ``/usr/bin/time -v`` (wall time, peak RSS), with
    OMP/MKL/OpenBLAS thread variables, torch's intra-op threads and every onnxruntime session's
    intra-op threads set to ``--threads``; same calibration samples, iterations and batch size;
@@ -43,11 +45,12 @@ ENVS = HERE / "_envs"
 WORK = HERE / "_work"
 TORCH = "torch==2.13.0"
 INSTALL = {
-    "data": [[TORCH], ["scikit-learn", "onnx==1.23.2", "onnxruntime==1.32.0", "matplotlib"]],
+    "data": [[TORCH], ["scikit-learn", "onnx==1.23.2", "onnxruntime==1.32.0", "matplotlib", "magika==1.0.3"]],
     "quark": [[TORCH], ["amd-quark==0.13", "onnxruntime==1.32.0"]],
     "aimet": [[TORCH], ["--no-deps", "torchvision==0.28.0"], ["pillow"], ["aimet-onnx==2.42.0"]],
     "ours": [[TORCH], ["-e", str(ROOT)]],
 }
+CASES = ["cnn-w4", "cnn-w8", "tfm-w4", "tfm-w8", "magika-w4", "magika-w8"]
 TOOLS = ["nearest", "quark", "aimet", "ours-layer", "ours-block"]
 TOOL_ENV = {"quark": "quark", "aimet": "aimet", "ours-layer": "ours", "ours-block": "ours"}
 
@@ -209,7 +212,8 @@ def fmt(v: object, spec: str) -> str:
 def table(rows: list[dict], a: argparse.Namespace) -> str:
     lines = [
         f"AdaRound vs peers: {a.batch_size} samples per step, {a.threads} torch/onnxruntime thread(s), "
-        f"lr {a.lr} (ours, Quark); 256 calibration samples; scored in onnxruntime on held-out inputs.",
+        f"lr {a.lr} (ours, Quark); 256 calibration samples; scored in onnxruntime on held-out inputs "
+        f"(magika: against the float model's logits, top-1 = its content-type label).",
         "",
         "| case | tool | iters | SQNR dB | top-1 = float | acc | codes changed % | wall s | algo s | peak RSS MB | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -226,11 +230,13 @@ def table(rows: list[dict], a: argparse.Namespace) -> str:
 CASE_NOTES = {
     "cnn-w4": "ours: real INT4 (ORT QInt4 grid [-8,7]); Quark: same codes/scales in int8 tensors",
     "tfm-w4": "ours: real INT4; Quark: int8 tensors",
+    "magika-w4": "ours: real INT4; Quark: int8 tensors",
+    "magika-w8": "magika 1.0.3's bundled model (cut at logits), inputs from real files on this machine",
 }
 
 
 def order(r: dict) -> tuple:
-    cases = ["cnn-w4", "cnn-w8", "tfm-w4", "tfm-w8"]
+    cases = CASES
     c = cases.index(r["case"]) if r["case"] in cases else len(cases)
     t = TOOLS.index(r["tool"]) if r["tool"] in TOOLS else len(TOOLS)
     return (c, r["case"], t, r.get("iters") or 0)
@@ -254,7 +260,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--cases", default="cnn-w4,cnn-w8,tfm-w4,tfm-w8")
+    p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--skip-install", action="store_true", help="use the environments as they are")
     p.add_argument("--rebuild-data", action="store_true", help="rebuild _work/<case> even if present")
@@ -303,9 +309,11 @@ def main() -> None:
                         row.update(score(case, Path(res["out"]), bool(res.get("enforce_int4")), a, ours_py))
                         if row.get("codes_outside_int4"):
                             notes.append(f"{row['codes_outside_int4']} codes outside int4 clamped")
+                        if row.get("codes_unmatched"):
+                            notes.append(f"{row['codes_unmatched']} weights not matched for codes changed")
                         if row.get("score_error"):
                             notes.append(f"scoring failed: {row['score_error']}")
-                    if tool.startswith("ours") and case in CASE_NOTES:
+                    if tool.startswith("ours") and case.endswith("w4"):
                         notes.append("real INT4")
                     row["note"] = "; ".join(notes)
                 rows.append(row)
