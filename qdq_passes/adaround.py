@@ -28,6 +28,12 @@ Runs on a model whose weight quantizers are ``AdaroundINTQuantizer`` nodes (made
    then costs O(out x fan-in^2), whatever the number of samples, and optimises the loss on the
    *whole* calibration set instead of a random batch. ``auto`` takes it where a step is cheaper
    than a direct one; a self-check against the direct loss guards it.
+   Conv fast path (``adaround_conv``, report path ``conv``): a block whose only node depending on
+   ``alpha`` is one 2-D Conv compared after a Relu runs each step (same random batch) as one
+   autograd node over preallocated batch buffers, in place, with a weight-only conv backward.
+   Every step builds the soft weight and the regulariser from ``alpha`` in one autograd node
+   (``_SoftChain``, the same bits as autograd through the quantizer's ops) and updates with one
+   fused-Adam kernel call (``_FusedAdam``, the same bits as ``torch.optim.Adam(fused=True)``).
 4. Hard rounding. The block's reconstruction error with hard AdaRound rounding is compared with
    nearest rounding on the calibration data; if AdaRound is worse, nearest is kept (counted).
 5. Write-back. The chosen codes become the quantizers' stored integers (``q_folded=1``,
@@ -65,6 +71,10 @@ from qdq_passes.runtime import configured_torch, ort_session_options
 __all__ = ["AdaroundPass", "AdaroundOptions", "BlockReport"]
 
 logger = logging.getLogger(__name__)
+
+#: Take the conv fast path (``adaround_conv``) where it is exact; False runs such blocks through the
+#: block module like any other (for comparisons and tests).
+CONV_FAST = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +114,7 @@ class BlockReport:
     mse_adaround: float
     seconds: float
     status: str  # trained | reverted | no-weights | skipped
-    path: str = "direct"  # direct (random batches through the block) | gram (whole data, Gram form)
+    path: str = "direct"  # direct (random batches through the block) | conv (same, conv fast path) | gram
 
     def line(self) -> str:
         """One line for the statistics report."""
@@ -369,33 +379,39 @@ class _Runner:
         tgts = [torch.nn.functional.relu(t) if r else t for t, r in zip(tgts, relus)]
         weights = [_SoftWeight(node, q, self.device) for node, q in quantizers]
         gram = self._gram(block, split, frontier, weights, tgts, relus)
-        optimizer = torch.optim.Adam(params, lr=o.lr, **_adam_kwargs(self.device))
+        optimizer = _adam(torch, params, o.lr, self.device)
         generator = torch.Generator().manual_seed(o.seed * 1_000_003 + block.index)
         per_sample, constants = frontier
         n = per_sample[0].shape[0] if per_sample else train_inputs[0].shape[0]
         batch = min(o.batch_size, n)
+        conv = None if gram is not None else self._conv_fast(split, frontier, weights, tgts, relus, batch)
         warm = int(o.warm_start * o.iters)
         beta_start, beta_end = o.beta
         betas = [beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos((it - warm) / max(1, o.iters - warm) * math.pi))
                  if it >= warm and o.reg > 0 else None for it in range(o.iters)]
-        path = "gram" if gram is not None else "direct"
+        path = "gram" if gram is not None else "conv" if conv is not None else "direct"
         steps = range(o.iters)
         bar = tqdm(steps, desc=f"adaround block {block.index} [{ops}, {path}]", leave=False, disable=None) if tqdm else steps
         show = tqdm is not None and not getattr(bar, "disable", True)
         for it in bar:
-            hs = [w.quantizer.h() for w in weights]
+            beta = betas[it]
+            # soft weights and the regulariser from alpha in one autograd node per weight
+            pairs = [w.soft_and_regularizer(beta, o.reg) for w in weights]
+            softs = [p[0] for p in pairs]
             if gram is not None:
                 w = weights[0]
-                loss = gram.loss(gram.layout.weight_to_matrix(w.soft(hs[0]) - w.weight))
+                loss = gram.loss(gram.layout.weight_to_matrix(softs[0] - w.weight))
             else:
                 idx = torch.randint(n, (batch,), generator=generator).to(self.device)
-                out = split.module(*[t.index_select(0, idx) for t in per_sample], *constants,
-                                   *[w.soft(h) for w, h in zip(weights, hs)])
-                outs = out if isinstance(out, tuple) else (out,)
-                loss = _recon(torch, outs, [t.index_select(0, idx) for t in tgts], relus, targets_done=True)
-            beta = betas[it]
+                if conv is not None:
+                    loss = conv.loss(softs[0], idx)
+                else:
+                    out = split.module(*[t.index_select(0, idx) for t in per_sample], *constants, *softs)
+                    outs = out if isinstance(out, tuple) else (out,)
+                    loss = _recon(torch, outs, [t.index_select(0, idx) for t in tgts], relus, targets_done=True)
             if beta is not None:
-                loss = loss + o.reg * sum(_regularizer(h, beta) for h in hs)
+                for _, r in pairs:
+                    loss = loss + r
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -466,6 +482,42 @@ class _Runner:
             return None
         return gram
 
+    def _conv_fast(self, split: _Split, frontier: tuple, weights: list, targets: list, relus: list[bool],  # noqa: ANN001
+                   batch: int):  # noqa: ANN202
+        """The block's :class:`ConvReluLoss` where the conv fast path is exact; else None."""
+        from qdq_passes.adaround_conv import ConvReluLoss, conv_geometry
+
+        if (not CONV_FAST or len(weights) != 1 or len(split.trained_nodes) != 1 or relus != [True]
+                or not split.cut):
+            return None
+        node = split.trained_nodes[0]
+        weight = weights[0]
+        per_sample, constants = frontier
+        w_value = weight.node.outputs[0]
+        if (len(node.inputs) < 2 or node.inputs[1] is not w_value or node.inputs[0] is w_value
+                or node.inputs[0] not in split.per_sample or split.outputs != [node.outputs[0]]):
+            return None
+        geometry = conv_geometry(node, tuple(weight.weight.shape))
+        if geometry is None:
+            return None
+        x = per_sample[split.per_sample.index(node.inputs[0])]
+        bias = None
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            b = node.inputs[2]
+            if b is w_value or b not in split.constants:
+                return None
+            bias = constants[split.constants.index(b)]
+            if bias.dim() != 1:
+                return None
+        target = targets[0]
+        if (x.dim() != 4 or target.dim() != 4 or not x.is_floating_point() or x.dtype != weight.weight.dtype
+                or target.dtype != x.dtype):
+            return None
+        extra = ConvReluLoss.bytes_needed(x, target, geometry)
+        if extra > self.o.cache_mb * 1024 * 1024 // 2:
+            return None
+        return ConvReluLoss(x, tuple(weight.weight.shape), bias, target, geometry, batch)
+
     def _release(self, block: Block) -> None:
         for value in block.inputs:
             self.remaining[value] -= 1
@@ -515,6 +567,47 @@ def _regularizer(h, beta: float):  # noqa: ANN001, ANN202
     return (1 - (2 * h - 1).abs().pow(beta)).sum()
 
 
+class _FusedAdam:
+    """``torch.optim.Adam(params, lr, fused=True)`` (default betas, eps, no weight decay) as one call
+    of the same fused kernel per step, without the optimizer's per-step Python bookkeeping (about
+    0.3 ms a step on CPU: a sizeable part of a small conv block's step). Same state, same updates,
+    bit for bit (``test_fused_adam_matches_torch_adam``)."""
+
+    def __init__(self, torch, params: list, lr: float) -> None:  # noqa: ANN001
+        self._torch = torch
+        self.params = list(params)
+        self.lr = lr
+        with torch.no_grad():
+            self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+            self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+            self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - always to None
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        torch = self._torch
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        steps = [self.steps[i] for i in live]
+        with torch.no_grad():
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_([self.params[i] for i in live], [self.params[i].grad for i in live],
+                               [self.exp_avgs[i] for i in live], [self.exp_avg_sqs[i] for i in live], [], steps,
+                               amsgrad=False, lr=self.lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                               maximize=False, grad_scale=None, found_inf=None)
+
+
+def _adam(torch, params: list, lr: float, device):  # noqa: ANN001, ANN202
+    """Adam on ``params``: :class:`_FusedAdam` where the fused kernel applies, else torch's Adam."""
+    if (hasattr(torch, "_fused_adam_") and device.type in ("cpu", "cuda") and params
+            and all(p.dtype == torch.float32 and p.device == params[0].device for p in params)):
+        return _FusedAdam(torch, params, lr)
+    return torch.optim.Adam(params, lr=lr, **_adam_kwargs(device))
+
+
 def _adam_kwargs(device) -> dict:  # noqa: ANN001
     """The fused Adam kernel where torch has one for the device (one kernel per step instead of ~10)."""
     return {"fused": True} if device.type in ("cpu", "cuda") else {}
@@ -549,6 +642,63 @@ class _SoftWeight:
     def hard(self):  # noqa: ANN202
         """The hard-rounded weight (``alpha >= 0`` rounds up)."""
         return self._dequantize(self.quantizer.alpha.detach() >= 0)
+
+    def soft_and_regularizer(self, beta: float | None, reg: float):  # noqa: ANN201
+        """``(soft(h), reg * sum(1 - |2h - 1| ** beta))`` (None for the second when ``beta`` is None)
+        from ``alpha`` in one autograd node (:class:`_SoftChain`): the same values as ``h()``,
+        ``soft`` and ``_regularizer``, gradients up to rounding, a few kernels instead of ~25."""
+        q = self.quantizer
+        if beta is None:
+            return _SoftChain.apply(q.alpha, self, None, reg)[0], None
+        w, r = _SoftChain.apply(q.alpha, self, beta, reg)
+        return w, r
+
+
+class _SoftChain(configured_torch().autograd.Function):
+    """``alpha -> (soft weight, reg * regulariser)`` of a :class:`_SoftWeight`, analytic backward.
+
+    Forward: ``h = clamp(sigmoid(a) (ZETA - GAMMA) + GAMMA, 0, 1)``, ``codes = clamp(floor + h + zp,
+    lo, hi)``, ``W = (codes - zp) s``, ``R = reg sum(1 - |2h - 1| ** beta)``. Backward (clamps pass
+    the gradient on their closed range, as torch's do): ``dh = dW s [lo <= floor + h + zp <= hi]
+    - dR reg beta |2h - 1| ** (beta - 1) sign(2h - 1) 2``, ``da = dh [0 <= pre <= 1] (ZETA - GAMMA)
+    sigmoid(a) (1 - sigmoid(a))``."""
+
+    @staticmethod
+    def forward(ctx, alpha, sw: _SoftWeight, beta: float | None, reg: float):  # noqa: ANN001, ANN205
+        torch = sw._torch
+        from qdq_passes.quantizers.base_qdq_quantizers import AdaroundConstants as c
+
+        sig = torch.sigmoid(alpha)
+        pre = sig * (c.ZETA - c.GAMMA) + c.GAMMA
+        h = torch.clamp(pre, 0.0, 1.0)
+        codes = sw.floor + h.to(sw.floor.dtype) + sw.zero_point
+        weight = ((torch.clamp(codes, sw.lo, sw.hi) - sw.zero_point) * sw.scale).to(sw.weight.dtype)
+        keep = (codes >= sw.lo) & (codes <= sw.hi)
+        ctx.sw, ctx.beta, ctx.reg = sw, beta, reg
+        if beta is None:
+            ctx.save_for_backward(sig, pre, keep, None)
+            return weight, weight.new_zeros(())
+        t = 2 * h - 1
+        reg_value = reg * (1 - t.abs().pow(beta)).sum()
+        ctx.save_for_backward(sig, pre, keep, t)
+        return weight, reg_value
+
+    @staticmethod
+    def backward(ctx, grad_w, grad_r):  # noqa: ANN001, ANN205
+        from qdq_passes.quantizers.base_qdq_quantizers import AdaroundConstants as c
+
+        # The operations (and their order) of autograd's backward through h(), soft() and
+        # reg * _regularizer(), so the gradient is the same to the bit.
+        sig, pre, keep, t = ctx.saved_tensors
+        sw = ctx.sw
+        dh = ((grad_w.to(sw.scale.dtype) * sw.scale) * keep).to(sig.dtype)
+        if t is not None:
+            g = -(grad_r * ctx.reg)  # mul by reg, then 1 - x
+            g = g * (ctx.beta * t.abs().pow(ctx.beta - 1))  # pow backward
+            g = g * t.sgn()  # abs backward
+            dh = dh + g * 2  # 2 h - 1
+        dpre = dh * ((pre >= 0) & (pre <= 1))
+        return (dpre * (c.ZETA - c.GAMMA)) * (1 - sig) * sig, None, None, None
 
 
 class _Split:

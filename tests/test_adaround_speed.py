@@ -7,6 +7,10 @@
 * Direct path: the cut block (``_Split``: the part that does not depend on the rounding evaluated
   once, then the rest on the soft weights of ``_SoftWeight``) computes what the whole block module
   computes with the quantizers' own soft rounding, bit for bit.
+* Conv fast path: ``ConvReluLoss`` equals the direct conv + Relu loss in value and gradient
+  (float64, pads/strides/dilations/no bias), and the pass on the CNN takes it and writes the same
+  codes as with it off. ``_SoftChain`` and ``_FusedAdam`` give the same bits as autograd through
+  the quantizer's ops and as ``torch.optim.Adam(fused=True)``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from qdq_passes.adaround import AdaroundPass, _SoftWeight, _Split
+from qdq_passes.adaround import AdaroundPass, _SoftChain, _SoftWeight, _Split
 from qdq_passes.adaround_gram import GramLoss, gram_layout
 from qdq_passes.insert_quantizers import InsertQuantizersPass
 from qdq_passes.ir import dialect
@@ -197,3 +201,157 @@ def test_cut_block_matches_whole_block_with_soft_rounding():
             for w in weights:
                 with torch.no_grad():
                     torch.testing.assert_close(w.hard(), w.quantizer(w.weight), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- the conv fast path
+
+
+CONV_CASES = {
+    "3x3-pad1": dict(strides=[1, 1], pads=[1, 1, 1, 1]),
+    "stride2": dict(strides=[2, 2], pads=[1, 1, 1, 1]),
+    "asym-dilated": dict(strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2]),
+    "valid-nobias": dict(auto_pad="VALID"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CONV_CASES))
+def test_conv_fast_path_loss_and_gradient_equal_direct(kind):
+    """ConvReluLoss equals the direct path (block conv, Relu, squared error summed over channels and
+    averaged over the rest) on a gathered batch, in value and gradient (float64)."""
+    from qdq_passes.adaround import _recon
+    from qdq_passes.adaround_conv import ConvReluLoss, conv_geometry
+    from qdq_passes.ir.to_torch import block_to_module
+
+    attrs = dict(CONV_CASES[kind])
+    bias = kind != "valid-nobias"
+    names = ["x", "w", "b"] if bias else ["x", "w"]
+    inputs = [onnx_ir.Value(name=nm) for nm in names]
+    attributes = [onnx_ir.AttrInt64s("kernel_shape", [3, 3])] + [
+        onnx_ir.AttrString(k, v) if isinstance(v, str) else onnx_ir.AttrInt64s(k, v) for k, v in attrs.items()]
+    node = onnx_ir.Node("", "Conv", inputs, attributes=attributes, num_outputs=1)
+    gen = torch.Generator().manual_seed(1)
+    dt = torch.float64
+    n, batch = 12, 5
+    x = torch.randn(n, 4, 9, 8, generator=gen, dtype=dt)
+    w = torch.randn(6, 4, 3, 3, generator=gen, dtype=dt)
+    b = torch.randn(6, generator=gen, dtype=dt) if bias else None
+    geometry = conv_geometry(node, tuple(w.shape))
+    assert geometry is not None
+    # the reference: the to_torch conversion of the same node, as the direct path runs it
+    module = block_to_module([node], inputs, [node.outputs[0]], opset_imports={"": 17})
+    y_float = module(x, w + 0.05 * torch.randn(w.shape, generator=gen, dtype=dt), *([b] if bias else []))
+    target = F.relu(y_float)  # the targets' Relu is taken once
+    fast = ConvReluLoss(x, tuple(w.shape), b, target, geometry, batch)
+    for step in range(3):
+        idx = torch.randint(n, (batch,), generator=gen)
+        wq = (w + 0.1 * torch.randn(w.shape, generator=gen, dtype=dt)).requires_grad_()
+        out = module(x.index_select(0, idx), wq, *([b] if bias else []))
+        # the direct path's loss (_recon) without its float32 cast
+        loss_direct = (F.relu(out) - target.index_select(0, idx)).pow(2).sum(1).mean()
+        (grad_direct,) = torch.autograd.grad(loss_direct, wq)
+        wf = wq.detach().clone().requires_grad_()
+        loss_fast = fast.loss(wf * 1.0, idx)  # through another op, as the soft weight is
+        (grad_fast,) = torch.autograd.grad(loss_fast * 3.0, wf)
+        torch.testing.assert_close(loss_fast, loss_direct, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad_fast, 3.0 * grad_direct, rtol=1e-10, atol=1e-12)
+        loss32 = _recon(torch, [out.float()], [target.index_select(0, idx).float()], [True], targets_done=True)
+        torch.testing.assert_close(loss_fast.float(), loss32, rtol=1e-5, atol=1e-7)
+
+
+def test_conv_fast_path_same_codes_as_direct_path(tmp_path, monkeypatch):
+    """On the CNN the pass takes the conv path for its Relu-compared conv blocks and writes the same
+    codes as the direct path (float32: same batches, loss and gradient up to rounding)."""
+    import qdq_passes.adaround as adaround_module
+    from tests.adaround_models import cnn_case
+
+    case = cnn_case()
+    calib = save_npz(tmp_path / "calib.npz", {"input": case.calib["input"][:32]})
+    runs = {}
+    for mode in ("on", "off"):
+        monkeypatch.setattr(adaround_module, "CONV_FAST", mode == "on")
+        model = onnx_ir.from_proto(onnx.load_model_from_string(case.qdq_model.SerializeToString()))
+        InsertQuantizersPass(weights="adaround")(model)
+        ada = AdaroundPass(calib=str(calib), iters=30, batch_size=8, threads=1)
+        ada(model)
+        codes = {n.name: np.asarray(n.inputs[0].const_value.numpy()).copy() for n in model.graph
+                 if n.op_type == dialect.ADAROUND_QUANTIZER}
+        runs[mode] = (ada, codes)
+    on, off = runs["on"][0], runs["off"][0]
+    assert any(r.path == "conv" for r in on.reports)
+    assert all(r.path != "conv" for r in off.reports)
+    total = sum(c.size for c in runs["on"][1].values())
+    differ = sum(int(np.count_nonzero(runs["on"][1][k] != runs["off"][1][k])) for k in runs["on"][1])
+    assert differ <= max(1, total // 1000), (differ, total)
+
+
+def test_fused_adam_matches_torch_adam():
+    """The pass's Adam (one fused-kernel call per step) updates exactly as torch's fused Adam."""
+    from qdq_passes.adaround import _FusedAdam
+
+    gen = torch.Generator().manual_seed(3)
+    a = [torch.randn(5, 3, generator=gen).requires_grad_(), torch.randn(7, generator=gen).requires_grad_()]
+    b = [t.detach().clone().requires_grad_() for t in a]
+    ours = _FusedAdam(torch, a, 0.1)
+    ref = torch.optim.Adam(b, lr=0.1, fused=True)
+    for _ in range(5):
+        grads = [torch.randn(t.shape, generator=gen) for t in a]
+        for opt, ps in ((ours, a), (ref, b)):
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+def test_soft_chain_matches_quantizer_ops():
+    """``_SoftWeight.soft_and_regularizer`` (one autograd node) equals ``soft(h())`` and
+    ``reg * _regularizer(h, beta)`` in value and in alpha's gradient (float64), clamped codes and
+    saturated h included."""
+    from qdq_passes.adaround import _regularizer
+    from qdq_passes.quantizers import materialize
+
+    case = transformer_case()
+    model = onnx_ir.from_proto(onnx.load_model_from_string(case.qdq_model.SerializeToString()))
+    InsertQuantizersPass(weights="adaround")(model)
+    node = next(n for n in model.graph if n.op_type == dialect.ADAROUND_QUANTIZER)
+    q = materialize(node)
+    sw = _SoftWeight(node, q, torch.device("cpu"))
+    dt = torch.float64
+    for name in ("weight", "scale", "zero_point", "floor", "lo", "hi"):
+        setattr(sw, name, getattr(sw, name).to(dt))
+    gen = torch.Generator().manual_seed(5)
+    alpha = (4 * torch.randn(q.alpha.shape, generator=gen, dtype=dt)).requires_grad_()  # many saturated h
+    q.alpha = torch.nn.Parameter(alpha.detach().clone())
+    with torch.no_grad():  # push some codes against the clamp bounds
+        sw.floor.view(-1)[::7] = sw.hi.max() if sw.hi.dim() == 0 else sw.hi.reshape(-1)[0]
+    gw = torch.randn(sw.weight.shape, generator=gen, dtype=dt)
+    for beta, reg in ((None, 0.01), (20.0, 0.01), (3.0, 0.5)):
+        q.alpha.grad = None
+        w_ref = sw.soft(q.h())
+        loss_ref = (w_ref * gw).sum()
+        if beta is not None:
+            loss_ref = loss_ref + reg * _regularizer(q.h(), beta)
+        (g_ref,) = torch.autograd.grad(loss_ref, q.alpha)
+        w, r = _SoftChain.apply(q.alpha, sw, beta, reg)
+        loss = (w * gw).sum() + (r if beta is not None else 0)
+        (g,) = torch.autograd.grad(loss, q.alpha)
+        torch.testing.assert_close(w, w_ref, rtol=0, atol=0)
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    # float32, as the pass runs it: the same bits as autograd through the quantizer's ops
+    sw32 = _SoftWeight(node, q, torch.device("cpu"))
+    q.alpha = torch.nn.Parameter((4 * torch.randn(q.alpha.shape, generator=gen)).float())
+    gw = torch.randn(sw32.weight.shape, generator=gen)
+    for beta, reg in ((None, 0.01), (20.0, 0.01), (2.5, 0.01)):
+        h = q.h()
+        loss_ref = (sw32.soft(h) * gw).sum()
+        if beta is not None:
+            loss_ref = loss_ref + reg * sum(_regularizer(x, beta) for x in [h])
+        (g_ref,) = torch.autograd.grad(loss_ref, q.alpha)
+        w, r = sw32.soft_and_regularizer(beta, reg)
+        loss = (w * gw).sum()
+        if beta is not None:
+            loss = loss + r
+        (g,) = torch.autograd.grad(loss, q.alpha)
+        assert torch.equal(loss, loss_ref) and torch.equal(g, g_ref)
