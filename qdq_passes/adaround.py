@@ -284,36 +284,61 @@ class _Runner:
                 continue
             ada_nodes = [n for n in block.nodes if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
                          and not dialect.quantizer_params(n).q_folded]
-            quantizers = [(n, materialize(n)) for n in ada_nodes]
-            quantizers = [(n, q) for n, q in quantizers if q.alpha is not None]
-            f_inputs = [self._tensor(self.float.get(v)) for v in block.inputs]
-            q_inputs = [self._tensor(self.quant.get(v)) for v in block.inputs]
-            with self.torch.no_grad():
-                f_out = self._evaluate(fmod, f_inputs, self.eval_chunk)
-            transforms = [self._loss_relu(v) for v in block.outputs]
-            if quantizers and self.o.iters > 0:
-                train_inputs = q_inputs if self.o.input == "quant" else f_inputs
-                report = self._train(block, qmod, quantizers, train_inputs, q_inputs, f_out, transforms, ops, tqdm)
-                report.seconds = time.perf_counter() - start
-                self.pass_.reports.append(report)
-            else:
-                self.pass_.reports.append(BlockReport(block.index, ops, 0, math.nan, math.nan, 0.0, "no-weights"))
-            with self.torch.no_grad():
-                q_out = self._evaluate(qmod, q_inputs, self.eval_chunk)
-            for value, f, q in zip(block.outputs, f_out, q_out):
-                self.float.put(value, f.cpu().numpy())
-                self.quant.put(value, q.cpu().numpy())
-            for node in ada_nodes:
-                module = materialize(node)
-                if module.alpha is not None:
-                    before = _nearest_codes(node, module)
-                    if dialect_write_back(node):
-                        self.pass_.bump("num-weights-rounded")
-                        after = constant_array(node.inputs[0])
-                        self.pass_.bump("num-codes-changed", int(np.count_nonzero(after.astype(np.int64) != before)))
+            saved_stats, saved_reports = dict(self.pass_.stats), len(self.pass_.reports)
+            try:
+                self._process(block, qmod, fmod, ada_nodes, ops, start, tqdm)
+            except RuntimeError as exc:
+                self.pass_.stats.update(saved_stats)
+                del self.pass_.reports[saved_reports:]
+                # torch could build the block but not run it on these data (e.g. a shape tensor
+                # without a batch axis crossing blocks): keep nearest rounding, use onnxruntime.
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                logger.warning("adaround: block %d skipped (torch could not run it: %s); its weights keep nearest "
+                               "rounding", block.index, first)
+                for node in ada_nodes:
+                    materialize(node, refresh=True)
+                self.pass_.bump("num-blocks-skipped")
+                self.pass_.reports.append(BlockReport(block.index, ops, 0, math.nan, math.nan, 0.0, "skipped"))
+                for value in block.outputs:
+                    self.quant.drop(value)
+                    self.float.drop(value)
+                self._run_with_onnxruntime(block)
             self._release(block)
         self.quant.close()
         self.float.close()
+
+    def _process(self, block: Block, qmod, fmod, ada_nodes: list[onnx_ir.Node], ops: str, start: float,  # noqa: ANN001
+                 tqdm) -> None:  # noqa: ANN001
+        """Train one block's AdaRound weights, cache its outputs on both paths, write its codes back."""
+        from qdq_passes.quantizers import materialize
+
+        quantizers = [(n, materialize(n)) for n in ada_nodes]
+        quantizers = [(n, q) for n, q in quantizers if q.alpha is not None]
+        f_inputs = [self._tensor(self.float.get(v)) for v in block.inputs]
+        q_inputs = [self._tensor(self.quant.get(v)) for v in block.inputs]
+        with self.torch.no_grad():
+            f_out = self._evaluate(fmod, f_inputs, self.eval_chunk)
+        transforms = [self._loss_relu(v) for v in block.outputs]
+        if quantizers and self.o.iters > 0:
+            train_inputs = q_inputs if self.o.input == "quant" else f_inputs
+            report = self._train(block, qmod, quantizers, train_inputs, q_inputs, f_out, transforms, ops, tqdm)
+            report.seconds = time.perf_counter() - start
+            self.pass_.reports.append(report)
+        else:
+            self.pass_.reports.append(BlockReport(block.index, ops, 0, math.nan, math.nan, 0.0, "no-weights"))
+        with self.torch.no_grad():
+            q_out = self._evaluate(qmod, q_inputs, self.eval_chunk)
+        for value, f, q in zip(block.outputs, f_out, q_out):
+            self.float.put(value, f.cpu().numpy())
+            self.quant.put(value, q.cpu().numpy())
+        for node in ada_nodes:
+            module = materialize(node)
+            if module.alpha is not None:
+                before = _nearest_codes(node, module)
+                if dialect_write_back(node):
+                    self.pass_.bump("num-weights-rounded")
+                    after = constant_array(node.inputs[0])
+                    self.pass_.bump("num-codes-changed", int(np.count_nonzero(after.astype(np.int64) != before)))
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -527,6 +552,17 @@ class _Runner:
 
     def _run_with_onnxruntime(self, block: Block) -> None:
         """Outputs of a block torch cannot run: onnxruntime on the block alone, both paths."""
+        try:
+            self._onnxruntime_outputs(block)
+        except Exception as exc:  # noqa: BLE001 - one clear error instead of a runtime's message
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise QdqError(
+                f"adaround: block {block.index} (inputs {[v.name for v in block.inputs]}) runs neither in torch nor "
+                f"in onnxruntime on the cached values ({first}). Values without a batch axis crossing blocks "
+                "(shape tensors) are not supported yet; granularity=block keeps such chains inside one block"
+            ) from None
+
+    def _onnxruntime_outputs(self, block: Block) -> None:
         import onnxruntime
 
         for cache, model in ((self.quant, self.model), (self.float, _float_clone(self.model))):

@@ -279,3 +279,57 @@ def test_spilling_the_cache_to_disk_gives_the_same_model(tmp_path, transformer):
                        if n.op_type == dialect.ADAROUND_QUANTIZER]
     for a, b in zip(codes(in_memory), codes(spilled), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _mlp_qdq(tmp_path):
+    from tests.models import ort_quantize, random_inputs
+
+    float_model = _hardmax_model()
+    qdq = ort_quantize(float_model, tmp_path, weight_type="QInt8", extra_options={"AddQDQPairToWeight": True})
+    calib = {"x": np.concatenate([f["x"] for f in random_inputs(float_model, n=64, seed=1)])}
+    model = _load(qdq)
+    InsertQuantizersPass(weights="adaround")(model)
+    return model, save_npz(tmp_path / "calib.npz", calib)
+
+
+def test_block_torch_cannot_run_is_skipped_and_run_by_onnxruntime(tmp_path, monkeypatch, caplog):
+    """A block torch builds but cannot run (a RuntimeError): nearest kept, counted, onnxruntime used."""
+    from qdq_passes import adaround as adaround_module
+
+    model, calib = _mlp_qdq(tmp_path)
+    original = adaround_module._Runner._process
+
+    def failing(self, block, *args):  # noqa: ANN001, ANN202
+        if block.index == 0:
+            raise RuntimeError("shape '[256, 16]' is invalid for input of size 512")
+        return original(self, block, *args)
+
+    monkeypatch.setattr(adaround_module._Runner, "_process", failing)
+    ada = AdaroundPass(calib=str(calib), iters=10, max_ops=1, threads=1)
+    with caplog.at_level("WARNING", logger="qdq_passes"):
+        assert ada(model).modified
+    assert "block 0 skipped (torch could not run it" in caplog.text
+    assert ada.stats["num-blocks-skipped"] >= 1 and ada.reports[0].status == "skipped"
+    first = [n for n in model.graph if n.op_type == dialect.ADAROUND_QUANTIZER][0]
+    assert dialect.quantizer_params(first).rounding == dialect.NEAREST  # nothing written for the skipped block
+    assert ada.stats["num-weights-rounded"] >= 1  # later blocks still trained
+    run_ort(onnx_ir.to_proto(qdq_passes.run(model, "lower-qdq,fold-qdq")), {"x": np.zeros((1, 16), np.float32)})
+
+
+def test_block_neither_runtime_can_run_gives_a_clear_error(tmp_path, monkeypatch):
+    """Values without a batch axis crossing blocks (shape tensors): one clear error naming the block."""
+    from qdq_passes import adaround as adaround_module
+    from qdq_passes.infra.errors import QdqError
+
+    model, calib = _mlp_qdq(tmp_path)
+
+    def failing(self, block, *args):  # noqa: ANN001, ANN202
+        raise RuntimeError("shape '[256, 16]' is invalid")
+
+    def ort_failing(self, block):  # noqa: ANN001, ANN202
+        raise ValueError("Got invalid dimensions for input")
+
+    monkeypatch.setattr(adaround_module._Runner, "_process", failing)
+    monkeypatch.setattr(adaround_module._Runner, "_onnxruntime_outputs", ort_failing)
+    with pytest.raises(QdqError, match=r"adaround: block 0 .* granularity=block"):
+        AdaroundPass(calib=str(calib), iters=5, threads=1)(model)

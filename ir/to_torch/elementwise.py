@@ -1,6 +1,7 @@
 """Element-wise arithmetic: Add, Sub, Mul, Div, Pow, Sqrt, Neg, Erf, Abs, Exp, Log, Reciprocal,
-Min, Max (numpy broadcasting, opset 7 on; the legacy ``broadcast``/``axis`` attributes of
-opsets 1 to 6 are not supported)."""
+Min, Max; comparisons and logic: Equal, Less, LessOrEqual, Greater, GreaterOrEqual, Not, And, Or,
+Where (numpy broadcasting, opset 7 on; the legacy ``broadcast``/``axis`` attributes of opsets 1 to
+6 are not supported)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def _pow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return y if y.dtype == a.dtype else y.to(a.dtype)
 
 
+_binary("Equal", torch.eq)
+_binary("Less", torch.lt)
+_binary("Greater", torch.gt)
+_binary("And", torch.logical_and)
+_binary("Or", torch.logical_or)
 _binary("Add", torch.add)
 _binary("Sub", torch.sub)
 _binary("Mul", torch.mul)
@@ -48,6 +54,7 @@ def _unary(op_type: str, fn: Callable[[torch.Tensor], torch.Tensor], since: int 
     converter(op_type, since=since)(convert)
 
 
+_unary("Not", torch.logical_not)
 _unary("Sqrt", torch.sqrt)
 _unary("Neg", torch.neg)
 _unary("Erf", torch.erf, since=9)
@@ -75,3 +82,21 @@ def _variadic(op_type: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 _variadic("Min", torch.minimum)
 _variadic("Max", torch.maximum)
+
+
+def _comparison(op_type: str, fn: Callable[..., torch.Tensor], since: int) -> None:
+    def convert(node: onnx_ir.Node, ctx: ConvertContext) -> Converted:
+        return Converted(fn, (0, 1))
+
+    convert.__doc__ = f"{op_type}: no attributes; numpy broadcasting; a bool result."
+    converter(op_type, since=since)(convert)
+
+
+_comparison("LessOrEqual", torch.le, since=12)
+_comparison("GreaterOrEqual", torch.ge, since=12)
+
+
+@converter("Where", since=9)
+def where(node: onnx_ir.Node, ctx: ConvertContext) -> Converted:
+    """Where: ``condition ? x : y`` with numpy broadcasting."""
+    return Converted(torch.where, (0, 1, 2))

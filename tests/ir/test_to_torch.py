@@ -192,6 +192,32 @@ def test_binary(op: str) -> None:
     parity(node(op, ["a", "b"]), feeds, tol=EXACT)
 
 
+@pytest.mark.parametrize("op", ["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"])
+def test_comparison(op: str) -> None:
+    a = np.round(_rand(2, 3, 4) * 2)
+    b = np.round(_rand(3, 1, seed=1) * 2)
+    parity(node(op, ["a", "b"]), {"a": a, "b": b}, out_types={"y": onnx.TensorProto.BOOL}, tol=EXACT)
+
+
+@pytest.mark.parametrize("op", ["And", "Or"])
+def test_logic(op: str) -> None:
+    feeds = {"a": _rand(2, 3) > 0, "b": _rand(1, 3, seed=1) > 0}
+    parity(node(op, ["a", "b"]), feeds, out_types={"y": onnx.TensorProto.BOOL}, tol=EXACT)
+
+
+def test_not_and_where() -> None:
+    feeds = {"c": _rand(2, 3) > 0, "x": _rand(2, 3, seed=1), "z": _rand(1, 3, seed=2)}
+    parity([node("Not", ["c"], ["n"]), node("Where", ["n", "x", "z"])], feeds, tol=EXACT)
+
+
+def test_one_hot_by_equal() -> None:
+    """The one-hot pattern of exported models (magika's): Equal(Unsqueeze(ids), range) -> Cast."""
+    ids = np.array([[3, 0, 7, 7]], np.int64)
+    parity([node("Unsqueeze", ["ids", "ax"], ["u"]), node("Equal", ["u", "r"], ["e"]),
+            node("Cast", ["e"], to=onnx.TensorProto.FLOAT)], {"ids": ids},
+           inits={"ax": np.array([-1], np.int64), "r": np.arange(8, dtype=np.int64)}, tol=EXACT)
+
+
 @pytest.mark.parametrize("exponent", [2.0, 0.5, 3.0, -1.5])
 def test_pow(exponent: float) -> None:
     x = np.abs(_rand(3, 4)) + 0.1
