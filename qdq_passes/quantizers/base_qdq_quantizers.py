@@ -322,8 +322,8 @@ class _ScaledQuantizer(nn.Module):
         return INTDeQuantFunction.apply(_prepare(tensor, keep_integers=True), scale, zero_point)
 
     def quantize_dequantize(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Quantize then dequantize (subclasses)."""
-        raise NotImplementedError
+        """Quantize then dequantize: every concrete quantizer (INT, AdaRound, FP) defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define quantize_dequantize")
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
         """``dequantize`` if ``q_folded`` (input = stored codes), else ``quantize_dequantize``."""

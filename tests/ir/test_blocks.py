@@ -530,8 +530,6 @@ def test_same_blocks_after_insert_quantizers(weights):
     """Quantizer nodes cut where their Q/DQ pairs did: same blocks, same boundary values."""
     import qdq_passes
 
-    if "insert-quantizers" not in qdq_passes.registered_passes():
-        pytest.skip("insert-quantizers is not registered")
     pipeline = "insert-quantizers" + ("{weights=adaround}" if weights == "adaround" else "")
     for proto in [quantized("attention", "u8s8-channel"), onnx.load(EXAMPLES / "cnn_qdq.onnx")]:
         qdq = BlockPartition.build(onnx_ir.from_proto(onnx.load_model_from_string(proto.SerializeToString())))
