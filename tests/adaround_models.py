@@ -114,19 +114,21 @@ def image_task(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- CNN
 
 
-def _train_cnn(seed: int, threads: int, steps: int) -> dict[str, np.ndarray]:
+def train_cnn(x: np.ndarray, y: np.ndarray, seed: int, steps: int, num_classes: int = NUM_CLASSES) -> dict[str, np.ndarray]:
+    """Train the six-conv CNN (``CNN_CONVS``, GAP, linear head) on ``(x, y)``; its weights by name.
+
+    Seeded; Adam at 3e-3, batches of 64. Shared with benchmarks/vs_peers/build_data.py.
+    """
     import torch
     from torch import nn
 
-    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     c_in = 3
     for c_out, stride in CNN_CONVS:
         layers += [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.ReLU()]
         c_in = c_out
-    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES))
-    x, y = image_task(2048, seed + 1)
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
@@ -136,14 +138,21 @@ def _train_cnn(seed: int, threads: int, steps: int) -> dict[str, np.ndarray]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    convs = [m for m in net if isinstance(m, nn.Conv2d)]
     weights = {}
-    for i, conv in enumerate(convs, start=1):
+    for i, conv in enumerate([m for m in net if isinstance(m, nn.Conv2d)], start=1):
         weights[f"conv{i}.weight"] = conv.weight.detach().numpy().copy()
         weights[f"conv{i}.bias"] = conv.bias.detach().numpy().copy()
     weights["fc.weight"] = net[-1].weight.detach().numpy().copy()
     weights["fc.bias"] = net[-1].bias.detach().numpy().copy()
     return weights
+
+
+def _train_cnn(seed: int, threads: int, steps: int) -> dict[str, np.ndarray]:
+    import torch
+
+    torch.set_num_threads(threads)
+    x, y = image_task(2048, seed + 1)
+    return train_cnn(x, y, seed, steps)
 
 
 def _model(nodes, name, inputs, outputs, weights) -> onnx.ModelProto:  # noqa: ANN001

@@ -78,32 +78,11 @@ def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 
 def train_cnn(x: np.ndarray, y: np.ndarray, seed: int, steps: int) -> dict[str, np.ndarray]:
-    import torch
-    from torch import nn
+    """The digits CNN: the architecture and training loop of tests/adaround_models.py, on these data."""
+    sys.path.insert(0, str(ROOT))
+    from tests.adaround_models import train_cnn as train
 
-    torch.manual_seed(seed)
-    layers: list = []
-    c_in = 3
-    for c_out, stride in CNN_CONVS:
-        layers += [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.ReLU()]
-        c_in = c_out
-    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (64,), generator=gen)
-        loss = nn.functional.cross_entropy(net(xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    w = {}
-    for i, conv in enumerate([m for m in net if isinstance(m, nn.Conv2d)], start=1):
-        w[f"conv{i}.weight"] = conv.weight.detach().numpy().copy()
-        w[f"conv{i}.bias"] = conv.bias.detach().numpy().copy()
-    w["fc.weight"] = net[-1].weight.detach().numpy().copy()
-    w["fc.bias"] = net[-1].bias.detach().numpy().copy()
-    return w
+    return train(x, y, seed, steps, num_classes=10)
 
 
 def cnn_model(weights: dict[str, np.ndarray]) -> onnx.ModelProto:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from qdq_passes.ir.to_torch.registry import ConvertContext
 
-__all__ = ["Window", "torch_pad", "window_attrs"]
+__all__ = ["Window", "split_same", "torch_pad", "window_attrs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +39,16 @@ class Window:
         begin, end = [], []
         for size, s, dk in zip(sizes, self.strides, self.effective_kernel):
             total = max(0, (math.ceil(size / s) - 1) * s + dk - size)
-            small, big = total // 2, total - total // 2
-            if self.auto_pad == "SAME_UPPER":
-                begin.append(small)
-                end.append(big)
-            else:
-                begin.append(big)
-                end.append(small)
+            b, e = split_same(total, self.auto_pad)
+            begin.append(b)
+            end.append(e)
         return tuple(begin), tuple(end)
+
+
+def split_same(total: int, auto_pad: str) -> tuple[int, int]:
+    """Split SAME padding: the odd pad goes at the end (SAME_UPPER) or the beginning (SAME_LOWER)."""
+    small, big = total // 2, total - total // 2
+    return (small, big) if auto_pad == "SAME_UPPER" else (big, small)
 
 
 def window_attrs(ctx: ConvertContext, n: int, kernel: Sequence[int] | None = None) -> Window:

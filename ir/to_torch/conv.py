@@ -6,7 +6,7 @@ import onnx_ir
 import torch
 import torch.nn.functional as F
 
-from qdq_passes.ir.to_torch._spatial import Window, torch_pad, window_attrs
+from qdq_passes.ir.to_torch._spatial import Window, split_same, torch_pad, window_attrs
 from qdq_passes.ir.to_torch.registry import ConvertContext, Converted, converter
 
 __all__ = ["conv", "conv_transpose"]
@@ -72,13 +72,9 @@ def _transpose_pads(
     for i, (size, s, dk) in enumerate(zip(sizes, win.strides, win.effective_kernel)):
         out = output_shape[i] if output_shape is not None else size * s
         total = max(0, s * (size - 1) + output_padding[i] + dk - out)
-        small, big = total // 2, total - total // 2
-        if win.auto_pad == "SAME_UPPER":
-            begin.append(small)
-            end.append(big)
-        else:
-            begin.append(big)
-            end.append(small)
+        b, e = split_same(total, win.auto_pad)
+        begin.append(b)
+        end.append(e)
     return tuple(begin), tuple(end)
 
 
