@@ -143,12 +143,18 @@ class ConvReluLoss:
         self._scale = 2.0 / denominator
         return loss
 
-    def _weight_grad(self, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    def _weight_grad(self, weight: torch.Tensor, grad: torch.Tensor | float) -> torch.Tensor:
         n = self._n
         _, gw, _ = torch.ops.aten.convolution_backward(
             self._yb[:n], self._xb[:n], weight.detach().contiguous(), None, self.stride, [0, 0], self.dilation, False,
             [0, 0], self.group, [False, True, False])
         return gw.mul_(grad * self._scale)
+
+    def loss_and_grad(self, weight: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of ``weight`` on the samples ``idx`` and its gradient in ``weight``, without autograd."""
+        self.gather(idx)
+        loss = self._forward(weight)
+        return loss, self._weight_grad(weight, 1.0)
 
     def loss(self, weight: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of ``weight`` on the samples ``idx`` (gathered now if given), differentiable in it."""

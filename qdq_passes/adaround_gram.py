@@ -45,9 +45,11 @@ class _Layout:
     """How one linear op maps (input, weight, output) to (X rows, [O, K] weight, output rows)."""
 
     def __init__(self, kind: str, weight_to_matrix: Callable[[torch.Tensor], torch.Tensor],
-                 features: Callable[[torch.Tensor], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                 features: Callable[[torch.Tensor], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor],
+                 matrix_to_weight: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.kind = kind
         self.weight_to_matrix = weight_to_matrix  # weight tensor -> [O, K] (a view)
+        self.matrix_to_weight = matrix_to_weight  # its inverse: [O, K] -> the weight's shape (a view)
         self.features = features  # op input chunk -> [M, K]
         self.rows = rows  # op output chunk -> [M, O]
 
@@ -58,12 +60,13 @@ def gram_layout(node: onnx_ir.Node, weight_shape: tuple[int, ...]) -> _Layout | 
         return None
     if node.op_type == "MatMul" and len(weight_shape) == 2:
         return _Layout("MatMul", lambda w: w.t(), lambda x: x.reshape(-1, x.shape[-1]),
-                       lambda y: y.reshape(-1, y.shape[-1]))
+                       lambda y: y.reshape(-1, y.shape[-1]), lambda m: m.t())
     if node.op_type == "Gemm" and len(weight_shape) == 2:
         if _int(node, "transA", 0) or _float(node, "alpha", 1.0) != 1.0:
             return None
         trans_b = _int(node, "transB", 0)
-        return _Layout("Gemm", (lambda w: w) if trans_b else (lambda w: w.t()), lambda x: x, lambda y: y)
+        same = (lambda w: w) if trans_b else (lambda w: w.t())
+        return _Layout("Gemm", same, lambda x: x, lambda y: y, same)
     if node.op_type == "Conv" and len(weight_shape) == 4:
         if _int(node, "group", 1) != 1:
             return None
@@ -87,7 +90,8 @@ def gram_layout(node: onnx_ir.Node, weight_shape: tuple[int, ...]) -> _Layout | 
             return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
         return _Layout("Conv", lambda w: w.reshape(out_ch, -1), features,
-                       lambda y: y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]))
+                       lambda y: y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]),
+                       lambda m: m.reshape(weight_shape))
     return None
 
 
@@ -151,6 +155,13 @@ class GramLoss:
     def loss(self, dw: torch.Tensor) -> torch.Tensor:
         """``(sum(dW * (dW H + 2 G)) + ||R||^2) / denominator + constant``."""
         return _GramFunction.apply(dw, self.h, self.g) * self.scale + self.constant
+
+    def grad(self, dw: torch.Tensor, with_loss: bool = False) -> tuple[torch.Tensor, float | None]:
+        """The gradient of :meth:`loss` in ``dW``, ``2 (dW H + G) / denominator``, without autograd;
+        and the loss itself when ``with_loss``."""
+        q = torch.addmm(self.g, dw, self.h)
+        loss = float(torch.sum(dw * (q + self.g))) * self.scale + self.constant if with_loss else None
+        return q.mul_(2.0 * self.scale), loss
 
 
 def denominators(outputs: Iterable[torch.Tensor]) -> float:

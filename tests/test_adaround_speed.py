@@ -89,6 +89,10 @@ def test_gram_loss_and_gradient_equal_direct_full_batch(kind):
     (grad_direct,) = torch.autograd.grad(loss_direct, wq)
     assert loss_gram.item() == pytest.approx(loss_direct.item(), rel=1e-10)
     torch.testing.assert_close(grad_gram, grad_direct, rtol=1e-9, atol=1e-12)
+    # the hand-written gradient (no autograd), mapped back to the weight's layout
+    grad_m, loss_value = gram.grad(layout.weight_to_matrix(wq.detach() - w), with_loss=True)
+    assert loss_value == pytest.approx(loss_direct.item(), rel=1e-10)
+    torch.testing.assert_close(layout.matrix_to_weight(grad_m), grad_direct, rtol=1e-9, atol=1e-12)
 
 
 def test_gram_layout_refuses_what_is_not_exact():
@@ -254,6 +258,9 @@ def test_conv_fast_path_loss_and_gradient_equal_direct(kind):
         (grad_fast,) = torch.autograd.grad(loss_fast * 3.0, wf)
         torch.testing.assert_close(loss_fast, loss_direct, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(grad_fast, 3.0 * grad_direct, rtol=1e-10, atol=1e-12)
+        loss_hand, grad_hand = fast.loss_and_grad(wq.detach(), idx)  # no autograd
+        torch.testing.assert_close(loss_hand, loss_direct, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad_hand, grad_direct, rtol=1e-10, atol=1e-12)
         loss32 = _recon(torch, [out.float()], [target.index_select(0, idx).float()], [True], targets_done=True)
         torch.testing.assert_close(loss_fast.float(), loss32, rtol=1e-5, atol=1e-7)
 
@@ -282,6 +289,42 @@ def test_conv_fast_path_same_codes_as_direct_path(tmp_path, monkeypatch):
     total = sum(c.size for c in runs["on"][1].values())
     differ = sum(int(np.count_nonzero(runs["on"][1][k] != runs["off"][1][k])) for k in runs["on"][1])
     assert differ <= max(1, total // 1000), (differ, total)
+
+
+def test_relu_compared_convs_take_gram_steps_then_exact_ones(tmp_path):
+    """``relu-refine``: a Relu-compared conv block runs the Gram form of the pre-Relu loss for the
+    first steps and the exact post-Relu loss for the last ones (path ``gram+conv``), and its hard
+    rounding still beats nearest on the exact loss; ``relu-refine=1`` and ``gram=off`` keep every
+    step exact; the result is reproducible; an out-of-range value is refused."""
+    from qdq_passes.infra.errors import QdqError
+    from tests.adaround_models import cnn_case
+
+    case = cnn_case()
+    calib = save_npz(tmp_path / "calib.npz", {"input": case.calib["input"][:32]})
+
+    def run(**options):
+        model = onnx_ir.from_proto(onnx.load_model_from_string(case.qdq_model.SerializeToString()))
+        InsertQuantizersPass(weights="adaround")(model)
+        ada = AdaroundPass(calib=str(calib), iters=40, batch_size=8, threads=1, **options)
+        ada(model)
+        codes = [np.asarray(n.inputs[0].const_value.numpy()).copy() for n in model.graph
+                 if n.op_type == dialect.ADAROUND_QUANTIZER]
+        return ada, codes
+
+    hybrid, codes = run(gram="on")
+    convs = [r for r in hybrid.reports if r.ops == "Conv"]
+    assert convs and all(r.path == "gram+conv" for r in convs)
+    assert all(r.status == "trained" and r.mse_adaround <= r.mse_nearest for r in convs)
+    assert hybrid.stats["num-blocks-gram"] >= len(convs)
+    auto, _ = run()  # gram=auto: where a Gram step costs less than a batch step (the early, large convs)
+    assert {r.path for r in auto.reports if r.ops == "Conv"} == {"gram+conv", "conv"}
+    _, again = run(gram="on")
+    assert all(np.array_equal(a, b) for a, b in zip(codes, again))
+    for options in ({"relu_refine": 1.0}, {"gram": "off"}):
+        exact, _ = run(**options)
+        assert all(r.path == "conv" for r in exact.reports if r.ops == "Conv"), options
+    with pytest.raises(QdqError, match="invalid options"):
+        run(relu_refine=1.5)
 
 
 def test_fused_adam_matches_torch_adam():
