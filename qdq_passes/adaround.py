@@ -83,6 +83,9 @@ logger = logging.getLogger(__name__)
 #: block module like any other (for comparisons and tests).
 CONV_FAST = True
 
+#: Intermediates of one full-data evaluation chunk, at most (MB; see ``_Runner._size_chunks``).
+EVAL_BUDGET_MB = 256
+
 
 @dataclasses.dataclass(frozen=True)
 class AdaroundOptions:
@@ -267,7 +270,8 @@ class _Runner:
             self.quant.put(value, array)
             self.float.put(value, array)
         self.chunk = max(64, options.batch_size)
-        self.eval_chunk = max(256, options.batch_size)  # no_grad full-data passes
+        self.max_eval_chunk = max(256, options.batch_size)
+        self.eval_chunk = self.max_eval_chunk  # no_grad full-data passes; sized per block (_size_chunks)
 
     def run(self) -> None:
         from qdq_passes.quantizers import materialize
@@ -328,6 +332,7 @@ class _Runner:
         quantizers = [(n, q) for n, q in quantizers if q.alpha is not None]
         f_inputs = [self._tensor(self.float.get(v)) for v in block.inputs]
         q_inputs = [self._tensor(self.quant.get(v)) for v in block.inputs]
+        self._size_chunks(fmod, f_inputs)
         with self.torch.no_grad():
             f_out = self._evaluate(fmod, f_inputs, self.eval_chunk)
         transforms = [self._loss_relu(v) for v in block.outputs]
@@ -353,6 +358,20 @@ class _Runner:
                     self.pass_.bump("num-codes-changed", int(np.count_nonzero(after.astype(np.int64) != before)))
 
     # -- pieces -------------------------------------------------------------------------------
+
+    def _size_chunks(self, module, inputs: Sequence) -> None:  # noqa: ANN001
+        """Size the block's full-data evaluation chunks so its intermediates stay near
+        ``EVAL_BUDGET_MB`` (measured on one sample; a block holding a large one-hot, say, gets
+        small chunks instead of gigabytes of temporaries)."""
+        self.eval_chunk = self.max_eval_chunk
+        if not inputs or any(t.dim() == 0 for t in inputs):
+            return
+        try:
+            per_sample = module.peak_bytes(*[t[:1] for t in inputs])
+        except RuntimeError:  # e.g. a shape tensor without a batch axis: keep the default
+            return
+        budget = EVAL_BUDGET_MB << 20
+        self.eval_chunk = max(1, min(self.max_eval_chunk, budget // max(1, per_sample)))
 
     def _tensor(self, array: np.ndarray):  # noqa: ANN202
         return self.torch.from_numpy(np.asarray(array)).to(self.device)

@@ -156,6 +156,29 @@ def test_single_gemm_takes_the_gram_path_and_beats_nearest(gemm_case, tmp_path):
     assert direct.mse_adaround <= direct.mse_nearest
 
 
+def test_evaluation_chunks_follow_the_memory_budget(gemm_case, tmp_path, monkeypatch):
+    """Full-data evaluations run in chunks sized from the block's measured per-sample intermediates
+    (``EVAL_BUDGET_MB``); a budget that allows one sample at a time gives the same codes."""
+    import qdq_passes.adaround as adaround_module
+
+    chunks: list[int] = []
+    size = adaround_module._Runner._size_chunks
+
+    def record(self, module, inputs):  # noqa: ANN001
+        size(self, module, inputs)
+        chunks.append(self.eval_chunk)
+
+    monkeypatch.setattr(adaround_module._Runner, "_size_chunks", record)
+    _, default = _run(gemm_case, tmp_path)
+    assert chunks and chunks[0] == 256
+    monkeypatch.setattr(adaround_module, "EVAL_BUDGET_MB", 0)
+    _, tiny = _run(gemm_case, tmp_path)
+    assert chunks[-1] == 1
+    codes = [[np.asarray(init.const_value.numpy()) for init in m.graph.initializers.values()
+              if init.const_value is not None and init.const_value.dtype.itemsize <= 1] for m in (default, tiny)]
+    assert codes[0] and all(np.array_equal(a, b) for a, b in zip(*codes))
+
+
 # --------------------------------------------------------------------------- the cut block
 
 

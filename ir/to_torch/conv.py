@@ -46,7 +46,18 @@ def conv(node: onnx_ir.Node, ctx: ConvertContext) -> Converted:
     win = window_attrs(ctx, n, _kernel(ctx, n))
     op, group = _CONV[n], ctx.attr_int("group", 1)
     strides, dilations = win.strides, win.dilations
-    if win.symmetric:
+    if win.symmetric and n == 2 and win.kernel[1] == 1 and strides[1] == dilations[1] == 1 and win.begin[1] == 0:
+        # A (k x 1) kernel: on an input of width 1 this is a 1-D convolution, which oneDNN runs
+        # 2-4x faster than the 2-D one (measured on magika's 512x256x5x1 Conv, 1 thread).
+        padding = win.begin
+
+        def fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+            if x.dim() == 4 and x.shape[3] == 1:
+                y = F.conv1d(x.squeeze(3), w.squeeze(3), b, strides[:1], padding[:1], dilations[:1], group)
+                return y.unsqueeze(3)
+            return op(x, w, b, strides, padding, dilations, group)
+
+    elif win.symmetric:
         padding = win.begin
 
         def fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -85,6 +85,7 @@ class BlockModule(nn.Module):
         self.quantizer_names: list[str] = []
         self.op_types: list[str] = []
         self._steps: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], bool]] = []
+        self._dead_after: list[tuple[int, ...]] = []  # per step: slots no later step nor output reads
         self._input_slots: tuple[int, ...] = ()
         self._output_slots: tuple[int, ...] = ()
         self._const_slots: list[tuple[int, str]] = []
@@ -122,16 +123,39 @@ class BlockModule(nn.Module):
         env = self._template.copy()
         for slot, x in zip(self._input_slots, inputs):
             env[slot] = x
-        for fn, ins, outs, single in self._steps:
+        for (fn, ins, outs, single), dead in zip(self._steps, self._dead_after):
             result = fn(*[env[i] for i in ins])
             if single:
                 env[outs[0]] = result
             else:
                 for slot, r in zip(outs, result):
                     env[slot] = r
+            for slot in dead:  # free intermediates once read for the last time
+                env[slot] = None
         if len(self._output_slots) == 1:
             return env[self._output_slots[0]]
         return tuple(env[i] for i in self._output_slots)
+
+    def peak_bytes(self, *inputs: torch.Tensor) -> int:
+        """The most bytes of intermediate tensors alive at once while evaluating ``inputs``
+        (no autograd; constants and the inputs themselves not counted): to size evaluation chunks."""
+        env = self._template.copy()
+        for slot, x in zip(self._input_slots, inputs):
+            env[slot] = x
+        owned: dict[int, int] = {}
+        peak = 0
+        with torch.no_grad():
+            for (fn, ins, outs, single), dead in zip(self._steps, self._dead_after):
+                result = fn(*[env[i] for i in ins])
+                results = (result,) if single else tuple(result)
+                for slot, r in zip(outs, results):
+                    env[slot] = r
+                    owned[slot] = r.numel() * r.element_size() if isinstance(r, torch.Tensor) else 0
+                peak = max(peak, sum(owned.values()))
+                for slot in dead:
+                    env[slot] = None
+                    owned.pop(slot, None)
+        return peak
 
     def extra_repr(self) -> str:
         """Inputs, outputs and the op sequence."""
@@ -257,6 +281,16 @@ def block_to_module(
     module.output_names = [v.name or "" for v in outputs]
     module._output_slots = tuple(out_slots)
     module._steps = steps
+    last_read: dict[int, int] = {}
+    for index, (_, ins, outs, _) in enumerate(steps):
+        for slot in (*ins, *outs):
+            last_read[slot] = index
+    keep = {0, *out_slots, *module._input_slots, *(slot for slot, _ in const_slots)}
+    dead: list[list[int]] = [[] for _ in steps]
+    for slot, index in last_read.items():
+        if slot not in keep:
+            dead[index].append(slot)
+    module._dead_after = [tuple(d) for d in dead]
     module._n_slots = n_slots
     module._const_slots = const_slots
     module._refresh()

@@ -117,6 +117,10 @@ CONV_CASES = {
     "2d-same-lower": dict(x=(1, 3, 8, 7), w=(4, 3, 4, 4), attrs=dict(auto_pad="SAME_LOWER", strides=[2, 3])),
     "2d-valid": dict(x=(1, 3, 8, 7), w=(4, 3, 3, 3), attrs=dict(auto_pad="VALID", strides=[2, 2])),
     "3d": dict(x=(1, 2, 5, 6, 7), w=(3, 2, 3, 3, 3), attrs=dict(pads=[1, 0, 1, 1, 0, 1])),
+    # (k x 1) kernels: run as 1-D convolutions on width-1 inputs (magika's Conv), 2-D otherwise
+    "2d-kx1-width1": dict(x=(2, 6, 13, 1), w=(4, 6, 5, 1), attrs=dict(pads=[2, 0, 2, 0], strides=[2, 1])),
+    "2d-kx1-width1-groups": dict(x=(1, 4, 9, 1), w=(6, 2, 3, 1), attrs=dict(group=2, dilations=[2, 1])),
+    "2d-kx1-wide": dict(x=(1, 3, 9, 4), w=(4, 3, 3, 1), attrs=dict(pads=[1, 0, 1, 0])),
 }
 
 
@@ -809,6 +813,22 @@ def test_sub_block_of_a_graph() -> None:
     block = block_to_module(sub, [c1], [c2], opset_imports=model.opset_imports)
     assert block.input_names == ["c1"] and block.output_names == ["c2"]
     _compare(block(torch.from_numpy(c1_want)).numpy(), c2_want, SUM)
+
+
+def test_intermediates_are_freed_after_their_last_read() -> None:
+    """A chain of elementwise ops holds at most two intermediates at once (the one read and the one
+    made), and ``peak_bytes`` reports that; a value read again later stays alive until then."""
+    feeds = {"x": _rand(3, 5, 7)}
+    nodes = [node("Relu", ["x"], ["a"]), node("Neg", ["a"], ["b"]), node("Abs", ["b"], ["c"]),
+             node("Neg", ["c"], ["d"]), node("Add", ["d", "a"], ["y"])]
+    model = _make_model(nodes, feeds, ["y"], {}, 17)
+    module = graph_to_module(onnx_ir.from_proto(model))
+    x = torch.from_numpy(feeds["x"])
+    _compare(module(x).numpy(), run_ort(model, feeds)[0], EXACT)
+    size = x.numel() * x.element_size()
+    assert module.peak_bytes(x) == 3 * size  # a (read by the Add), then two of b, c, d, y
+    chain = _make_model(nodes[:4], feeds, ["d"], {}, 17)
+    assert graph_to_module(onnx_ir.from_proto(chain)).peak_bytes(x) == 2 * size
 
 
 def test_module_moves_with_to() -> None:
