@@ -42,6 +42,11 @@ The analysis (O(V+E), plus ``networkx.immediate_dominators``):
    merge stays within ``max_ops`` (``max_ops`` wins when both cannot hold). ``granularity="layer"``
    is ``min_ops = max_ops = 1``: one weighted op (plus its trailing ops) per block.
 8. Constant nodes join the earliest block that reads them.
+9. Shape computations are recomputed, not passed: a **shape node** is a ``Shape`` or ``Size``, or
+   integer arithmetic (``SHAPE_OPS``) on shape nodes' outputs and constants. A block reading a
+   shape node of another block gets a copy of that node (and of the shape nodes it depends on),
+   reading what its ``Shape`` reads instead. A shape value has no batch axis and holds the batch
+   size, so it cannot be evaluated on one set of samples and reused on another.
 
 Conventions that follow (documented for AdaRound and ``to_torch``):
 
@@ -52,8 +57,9 @@ Conventions that follow (documented for AdaRound and ``to_torch``):
 * Residual blocks come out whole (the skip ``Add`` dominates nothing before it, so it closes the
   region of its branch); so does attention (``MatMul-Softmax-MatMul`` with its Q/K/V projections).
 * A block may have several inputs (e.g. a layer-split residual branch reading the skip tensor).
-* Blocks are in topological order; every node is in exactly one block; a block's ``inputs`` are
-  produced by earlier blocks or are graph inputs. Nothing is keyed on node names.
+* Blocks are in topological order; every node is in exactly one block, except shape nodes copied
+  by 9 (``BlockPartition.block_of`` answers the block that first holds them); a block's ``inputs``
+  are produced by earlier blocks or are graph inputs. Nothing is keyed on node names.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ __all__ = [
     "DIALECT_QUANTIZERS",
     "WEIGHTED_OPS",
     "TRAILING_OPS",
+    "SHAPE_OPS",
+    "is_shape_node",
     "op_name",
 ]
 
@@ -95,6 +103,11 @@ WEIGHTED_OPS: dict[str, tuple[int, ...]] = {"Conv": (1,), "ConvTranspose": (1,),
 TRAILING_OPS = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
     "Celu", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu", "BatchNormalization",
+})
+#: Ops that, on shape values and constants, compute shape values (small integer tensors).
+SHAPE_OPS = frozenset({
+    "Slice", "Concat", "Cast", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Add", "Sub", "Mul",
+    "Div", "Neg", "Abs", "Max", "Min", "ReduceProd", "ReduceSum", "Equal", "Where", "Range",
 })
 _CONSTANT_OPERAND_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 _STANDARD = ("", "ai.onnx")
@@ -158,7 +171,10 @@ class BlockPartition:
         #: regions between cuts (step 3), and those split into layers (step 4)
         self.num_regions = num_regions
         self.num_split_regions = num_split_regions
-        self._block_of = {node: block for block in blocks for node in block.nodes}
+        self._block_of: dict[onnx_ir.Node, Block] = {}
+        for block in blocks:  # a copied shape node answers the block that first holds it
+            for node in block.nodes:
+                self._block_of.setdefault(node, block)
 
     @classmethod
     def build(
@@ -210,6 +226,34 @@ class BlockPartition:
     def describe(self) -> str:
         """One line per block (see :meth:`Block.describe`)."""
         return "\n".join(block.describe() for block in self.blocks)
+
+
+def is_shape_node(node: onnx_ir.Node | None, is_const=None, _seen: dict | None = None) -> bool:  # noqa: ANN001
+    """Whether ``node`` computes a shape value: ``Shape``/``Size``, or ``SHAPE_OPS`` arithmetic whose
+    non-constant inputs all come from shape nodes (``is_const(value)`` decides constness; default:
+    an initializer or a ``Constant`` node's output)."""
+    if node is None or node.domain not in _STANDARD:
+        return False
+    seen = {} if _seen is None else _seen
+    if node in seen:
+        return seen[node]
+    seen[node] = False  # cycles cannot happen in a graph; guard anyway
+    if node.op_type in ("Shape", "Size"):
+        seen[node] = True
+        return True
+    if node.op_type not in SHAPE_OPS:
+        return False
+    const = is_const or _plain_const
+    dynamic = [v for v in node.inputs if v is not None and not const(v)]
+    result = bool(dynamic) and all(is_shape_node(v.producer(), is_const, seen) for v in dynamic)
+    seen[node] = result
+    return result
+
+
+def _plain_const(value: onnx_ir.Value) -> bool:
+    producer = value.producer()
+    return value.const_value is not None or (producer is not None and producer.op_type == "Constant"
+                                             and producer.domain in _STANDARD)
 
 
 def _has_subgraphs(node: onnx_ir.Node) -> bool:
@@ -489,8 +533,27 @@ class _View:
         members: list[list[int]] = [[] for _ in range(count)]
         for i in range(n):
             members[block_of[i]].append(i)
+        shape_memo: dict = {}
+        shape = [not self.constant[i] and is_shape_node(self.nodes[i], self.is_const, shape_memo) for i in range(n)]
+        if any(shape):
+            for b in range(count):  # step 9: copy the shape nodes a block reads from another block
+                have = set(members[b])
+                todo = [j for i in members[b] for j in self.preds[i] if shape[j] and j not in have]
+                while todo:
+                    j = todo.pop()
+                    if j in have:
+                        continue
+                    have.add(j)
+                    todo.extend(k for k in self.preds[j] if shape[k] and k not in have)
+                members[b] = sorted(have)
+        holders: list[list[int]] = [[] for _ in range(n)]
+        for b, positions in enumerate(members):
+            for i in positions:
+                holders[i].append(b)
+        members_set = [set(m) for m in members]
         blocks = []
         for b, positions in enumerate(members):
+            inside = set(positions)
             inputs: dict[onnx_ir.Value, None] = {}
             constants: dict[onnx_ir.Value, None] = {}
             outputs: dict[onnx_ir.Value, None] = {}
@@ -499,7 +562,7 @@ class _View:
                 for v in [v for v in node.inputs if v is not None] + list(self.implicit[i]):
                     producer = v.producer()
                     j = self.pos.get(producer) if producer is not None else None
-                    if j is not None and block_of[j] == b:
+                    if j is not None and j in inside:
                         continue
                     if self.is_const(v):
                         constants[v] = None
@@ -508,7 +571,10 @@ class _View:
                 if self.constant[i]:
                     continue
                 for v in node.outputs:
-                    if v.is_graph_output() or any(block_of[r] != b for r in self.readers.get(v, ())):
+                    # an output when read by a block that does not compute it itself
+                    if v.is_graph_output() or any(
+                            c != b and i not in members_set[c]
+                            for r in self.readers.get(v, ()) for c in holders[r]):
                         outputs[v] = None
             blocks.append(Block(
                 index=b,

@@ -71,7 +71,7 @@ from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
-from qdq_passes.ir.blocks import Block, BlockPartition
+from qdq_passes.ir.blocks import Block, BlockPartition, is_shape_node
 from qdq_passes.ir.qdq import constant_array, node_label
 from qdq_passes.runtime import configured_torch, ort_session_options
 
@@ -607,7 +607,8 @@ class _Runner:
             raise QdqError(
                 f"adaround: block {block.index} (inputs {[v.name for v in block.inputs]}) runs neither in torch nor "
                 f"in onnxruntime on the cached values ({first}). Values without a batch axis crossing blocks "
-                "(shape tensors) are not supported yet; granularity=block keeps such chains inside one block"
+                "(other than shape computations, which blocks recompute) are not supported; granularity=block "
+                "keeps such chains inside one block"
             ) from None
 
     def _onnxruntime_outputs(self, block: Block) -> None:
@@ -818,6 +819,7 @@ class _Split:
         from qdq_passes.quantizers import materialize
 
         ada = {node for node, _ in quantizers}
+        block_nodes = set(block.nodes)
         weights = [node.outputs[0] for node, _ in quantizers]
         dependent: set[onnx_ir.Value] = set(weights)
         trained: list[onnx_ir.Node] = []
@@ -827,6 +829,17 @@ class _Split:
                 dependent.update(node.outputs)
         trained_set = set(trained)
         prefix = [n for n in block.nodes if n not in ada and n not in trained_set]
+        # Shape computations the trained part reads are recomputed with it (a shape value has no
+        # batch axis: it cannot be evaluated once over all samples and sliced per batch).
+        memo: dict = {}
+        wanted = [v for n in trained for v in n.inputs if v is not None]
+        while wanted:
+            producer = wanted.pop().producer()
+            if producer is not None and producer not in trained_set and producer not in ada and is_shape_node(
+                    producer, None, memo) and producer in block_nodes:
+                trained_set.add(producer)
+                wanted.extend(v for v in producer.inputs if v is not None)
+        trained = [n for n in block.nodes if n in trained_set]
         sample_values = set(block.inputs)
         for node in prefix:
             if any(v is not None and v in sample_values for v in node.inputs):

@@ -333,3 +333,26 @@ def test_block_neither_runtime_can_run_gives_a_clear_error(tmp_path, monkeypatch
     monkeypatch.setattr(adaround_module._Runner, "_onnxruntime_outputs", ort_failing)
     with pytest.raises(QdqError, match=r"adaround: block 0 .* granularity=block"):
         AdaroundPass(calib=str(calib), iters=5, threads=1)(model)
+
+
+def test_layers_recompute_shape_values_instead_of_passing_them(tmp_path):
+    """Per layer, a shape value (``Shape(x)`` sliced and concatenated) made in one block and read in
+    the next is recomputed there (``ir/blocks.py`` step 9), so every block trains; before, such a
+    value crossed blocks without a batch axis and the pass could not run (magika's bundled model)."""
+    from tests.ir.test_blocks import _shape_chain_model
+    from tests.models import ort_quantize
+
+    float_model = _shape_chain_model()
+    qdq = ort_quantize(float_model, tmp_path, weight_type="QInt8", extra_options={"AddQDQPairToWeight": True})
+    x = np.random.default_rng(3).standard_normal((64, 8)).astype(np.float32)
+    model = _load(qdq)
+    InsertQuantizersPass(weights="adaround")(model)
+    ada = AdaroundPass(calib=str(save_npz(tmp_path / "calib.npz", {"x": x})), iters=20, granularity="layer",
+                       threads=1)
+    assert ada(model).modified
+    trained = [r for r in ada.reports if r.weights]
+    assert len(trained) == 2 and all(r.status in ("trained", "reverted") for r in trained)
+    assert ada.stats["num-blocks-skipped"] == 0
+    lowered = onnx_ir.to_proto(qdq_passes.run(model, "lower-qdq,fold-qdq"))
+    (y,) = run_ort(lowered, {"x": x[:5]})
+    assert y.shape == (5, 2, 4)

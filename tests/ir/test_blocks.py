@@ -13,7 +13,7 @@ import onnx_ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qdq_passes.ir.blocks import Block, BlockPartition
+from qdq_passes.ir.blocks import Block, BlockPartition, is_shape_node
 from qdq_passes.print_blocks import PrintBlocksPass
 from tests.models import conv_relu_model, ort_quantize
 from tests.qdq_matrix import MODELS, quantized
@@ -59,8 +59,9 @@ def check_partition(model: onnx_ir.Model, partition: BlockPartition) -> None:
         positions = [graph_order[n] for n in block.nodes]
         assert positions == sorted(positions), f"block {k}: nodes not in graph order"
         for node in block.nodes:
-            assert node not in seen, f"{node} in blocks {seen[node]} and {k}"
-            seen[node] = k
+            # only shape computations are copied into the blocks that read them
+            assert node not in seen or is_shape_node(node), f"{node} in blocks {seen[node]} and {k}"
+            seen.setdefault(node, k)
         assert set(block.weighted) <= set(block.nodes)
     assert set(seen) == set(model.graph), "some node is in no block"
     weighted = _weighted_ops(model)
@@ -68,6 +69,7 @@ def check_partition(model: onnx_ir.Model, partition: BlockPartition) -> None:
     for k, block in enumerate(partition):
         mine = set(block.nodes)
         for value in block.inputs:
+            assert not is_shape_node(value.producer()), f"block {k}: shape value {value.name} passed, not recomputed"
             producer = value.producer()
             assert producer not in mine, f"block {k}: input {value.name} is produced inside it"
             assert producer is None or seen[producer] < k, f"block {k}: input {value.name} comes from a later block"
@@ -541,3 +543,41 @@ def test_same_blocks_after_insert_quantizers(weights):
             return [(len(b.weighted), [v.name for v in b.inputs], [v.name for v in b.outputs]) for b in partition]
 
         assert summary(dialect) == summary(qdq)
+
+
+def _shape_chain_model() -> onnx.ModelProto:
+    """x[N,8] -> MatMul -> Relu -> MatMul -> Reshape to (Shape(x)[0], 2, 4) -> y: the shape value is
+    made from the graph input and read after the second weighted op."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["n", "tail"], ["target"], axis=0),
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["z"]),
+        helper.make_node("Reshape", ["z", "target"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([2, 4], np.int64), "tail")]
+    graph = helper.make_graph(nodes, "shape_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shape_computations_are_recomputed_not_passed():
+    """Per layer, the block that reshapes by ``Shape(x)`` gets its own copy of the shape chain and
+    reads ``x``; no block passes the shape value on."""
+    model, partition = _partition(_shape_chain_model(), granularity="layer")
+    assert len(partition) == 2
+    first, second = partition
+    assert [n.op_type for n in second.compute_nodes][:3] == ["Shape", "Slice", "Concat"]
+    assert "x" in [v.name for v in second.inputs]
+    assert not any(v.name in ("s", "n", "target") for v in first.outputs)
+    shape_node = next(n for n in model.graph if n.op_type == "Shape")
+    assert partition.block_of(shape_node) is first  # the block that first holds it
+    assert is_shape_node(next(n for n in model.graph if n.op_type == "Concat"))
+    assert not is_shape_node(next(n for n in model.graph if n.op_type == "Reshape"))
