@@ -469,7 +469,8 @@ class _Runner:
                     idx = torch.randint(n, (batch,), generator=generator).to(self.device)
                     loss, grad_w = conv.loss_and_grad(soft, idx)
                 optimizer.zero_grad(set_to_none=True)
-                params[0].grad = _soft_backward(saved, w, grad_w, beta, o.reg)
+                # the fused Adam kernel walks grad and param in memory order: same (contiguous) layout
+                params[0].grad = _soft_backward(saved, w, grad_w.contiguous(), beta, o.reg).contiguous()
                 if shown and beta is not None:
                     loss = float(loss) + float(_reg_value(saved, beta, o.reg))
             else:

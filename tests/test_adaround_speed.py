@@ -106,16 +106,22 @@ def test_gram_layout_refuses_what_is_not_exact():
 # --------------------------------------------------------------------------- the pass on one Gemm
 
 
-def _gemm_case():
+def _gemm_case(op: str = "Gemm"):
+    """One Gemm (weight [O, K], transB=1: the Gram matrix is the weight itself) or MatMul (weight
+    [K, O]: the Gram matrix is its transpose, so gradients come back through a transposed view)."""
     rng = np.random.default_rng(0)
     k, o = 24, 16
     w = (rng.standard_normal((o, k)) / np.sqrt(k)).astype(np.float32)
     b = (0.1 * rng.standard_normal(o)).astype(np.float32)
+    node = (helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1) if op == "Gemm"
+            else helper.make_node("MatMul", ["x", "w"], ["y"]))
+    if op != "Gemm":
+        w = np.ascontiguousarray(w.T)
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], "gemm",
+        [node], op.lower(),
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", o])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(b, "b")] if op == "Gemm" else []))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     mix = rng.standard_normal((k, k)).astype(np.float32) / np.sqrt(k)  # correlated features
     calib = (rng.standard_normal((128, k)) @ mix).astype(np.float32)
@@ -123,9 +129,9 @@ def _gemm_case():
     return model, ort_int4(model, "x", calib), calib, holdout
 
 
-@pytest.fixture(scope="module")
-def gemm_case():
-    return _gemm_case()
+@pytest.fixture(scope="module", params=["Gemm", "MatMul"])
+def gemm_case(request):
+    return _gemm_case(request.param)
 
 
 def _run(gemm_case, tmp_path, **options):
