@@ -185,6 +185,28 @@ def test_evaluation_chunks_follow_the_memory_budget(gemm_case, tmp_path, monkeyp
     assert codes[0] and all(np.array_equal(a, b) for a, b in zip(*codes))
 
 
+def test_holdout_samples_decide_and_never_train(gemm_case, tmp_path):
+    """``holdout``: the nearest-vs-AdaRound decision is measured on samples training never sees (the
+    same seeded subset for every block); ``holdout=0`` measures on the training samples; the decision
+    data differ, and an out-of-range share is refused."""
+    from qdq_passes.infra.errors import QdqError
+
+    held, _ = _run(gemm_case, tmp_path, holdout=0.25)
+    all_samples, _ = _run(gemm_case, tmp_path, holdout=0.0)
+    (a,) = [r for r in held.reports if r.weights]
+    (b,) = [r for r in all_samples.reports if r.weights]
+    assert a.mse_nearest != b.mse_nearest  # measured on different samples
+    # the held-out subset is the seeded one: the pass's nearest errors on it and on all samples are
+    # in the ratio of onnxruntime's (whose output also passes the output quantizer the pass leaves out)
+    model, qdq, calib, _ = gemm_case
+    order = torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))
+    check = order[: round(0.25 * len(calib))].sort().values.numpy()
+    error = ((run_ort(qdq, {"x": calib})[0] - run_ort(model, {"x": calib})[0]) ** 2).sum(1)
+    assert a.mse_nearest / b.mse_nearest == pytest.approx(float(error[check].mean() / error.mean()), rel=1e-2)
+    with pytest.raises(QdqError, match="invalid options"):
+        _run(gemm_case, tmp_path, holdout=1.0)
+
+
 # --------------------------------------------------------------------------- the cut block
 
 
