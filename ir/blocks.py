@@ -46,7 +46,10 @@ The analysis (O(V+E), plus ``networkx.immediate_dominators``):
    integer arithmetic (``SHAPE_OPS``) on shape nodes' outputs and constants. A block reading a
    shape node of another block gets a copy of that node (and of the shape nodes it depends on),
    reading what its ``Shape`` reads instead. A shape value has no batch axis and holds the batch
-   size, so it cannot be evaluated on one set of samples and reused on another.
+   size, so it cannot be evaluated on one set of samples and reused on another. For the same
+   reason shape values are no edges of the view in steps 1-3: a ``Shape`` of the graph input read
+   deep inside the graph (magika's LayerNorm reshapes) would otherwise dominate nothing and leave
+   no cut between its weighted ops.
 
 Conventions that follow (documented for AdaRound and ``to_torch``):
 
@@ -332,6 +335,9 @@ class _View:
         self.preds: list[list[int]] = [[] for _ in range(n)]
         self.succs: list[list[int]] = [[] for _ in range(n)]
         self.constant = [False] * n
+        self.shape = [False] * n  # shape nodes (step 9)
+        self.shape_preds: list[list[int]] = [[] for _ in range(n)]  # shape nodes read, not edges
+        shape_memo: dict = {}
         self.from_source = [False] * n
         self.weighted = [False] * n
         self.entry = [False] * n  # activation quantizers
@@ -357,14 +363,20 @@ class _View:
                 continue
             if not dynamic:
                 self.from_source[i] = True
+            shape_here = is_shape_node(node, self.is_const, shape_memo)
             for v in dynamic:
                 producer = v.producer()
                 j = pos.get(producer) if producer is not None else None
                 if j is None:
                     self.from_source[i] = True
+                elif self.shape[j] and not shape_here:
+                    self.shape_preds[i].append(j)  # recomputed where read (step 9): it constrains no cut
                 elif j not in preds[i]:
                     preds[i].append(j)
                     succs[j].append(i)
+            self.shape[i] = shape_here
+            if not preds[i] and not self.from_source[i]:
+                self.from_source[i] = True  # reads only shape values
             if standard and op in WEIGHTED_OPS:
                 self.weighted[i] = any(
                     k < len(node.inputs) and node.inputs[k] is not None and self.is_const(node.inputs[k])
@@ -538,7 +550,8 @@ class _View:
         if any(shape):
             for b in range(count):  # step 9: copy the shape nodes a block reads from another block
                 have = set(members[b])
-                todo = [j for i in members[b] for j in self.preds[i] if shape[j] and j not in have]
+                todo = [j for i in members[b] for j in (*self.preds[i], *self.shape_preds[i])
+                        if shape[j] and j not in have]
                 while todo:
                     j = todo.pop()
                     if j in have:
