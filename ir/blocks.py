@@ -545,8 +545,7 @@ class _View:
         members: list[list[int]] = [[] for _ in range(count)]
         for i in range(n):
             members[block_of[i]].append(i)
-        shape_memo: dict = {}
-        shape = [not self.constant[i] and is_shape_node(self.nodes[i], self.is_const, shape_memo) for i in range(n)]
+        shape = self.shape
         if any(shape):
             for b in range(count):  # step 9: copy the shape nodes a block reads from another block
                 have = set(members[b])
