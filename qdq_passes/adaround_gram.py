@@ -23,7 +23,7 @@ import onnx_ir
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GramLoss", "gram_layout"]
+__all__ = ["GramLoss", "gram_layout", "polish"]
 
 
 def _ints(node: onnx_ir.Node, name: str, default: list[int] | None) -> list[int] | None:
@@ -124,6 +124,7 @@ class GramLoss:
         self._h: torch.Tensor | None = None
         self._g: torch.Tensor | None = None
         self._rr = 0.0
+        self._rows = 0
         self.h = self.g = None
         self.scale = 1.0
         self.constant = 0.0
@@ -135,6 +136,7 @@ class GramLoss:
         self._h = h if self._h is None else self._h + h
         self._g = g if self._g is None else self._g + g
         self._rr += float(rf.pow(2).sum())
+        self._rows += xf.shape[0]
 
     def finish(self, denominator: float, constant: float = 0.0) -> None:
         assert self._h is not None and self._g is not None
@@ -152,6 +154,26 @@ class GramLoss:
         out, k = self.g.shape
         return out * k * k
 
+    @property
+    def rows(self) -> int:
+        """Feature rows accumulated (samples x positions): fewer than ``K`` leaves ``H`` singular."""
+        return self._rows
+
+    def shrunk(self, kappa: float) -> GramLoss:
+        """The loss with its data terms shrunk toward the independent-weights model:
+        ``H -> (1 - kappa) H + kappa diag(H)``, ``G -> (1 - kappa) G``.
+
+        ``kappa = 0`` is this loss; ``kappa = 1`` couples no two weights and has nearest rounding as
+        its minimiser. In between it trusts the calibration set's correlations less: with fewer
+        samples than inputs (rows < K), ``H`` is singular and unshrunk AdaRound fits its null space.
+        """
+        assert self.h is not None and self.g is not None
+        out = GramLoss(self.layout, self.dtype)
+        out.h = torch.lerp(self.h, torch.diag_embed(torch.diagonal(self.h)), kappa).contiguous()
+        out.g = (self.g * (1.0 - kappa)).contiguous()
+        out.scale, out.constant, out._rows = self.scale, self.constant, self._rows
+        return out
+
     def loss(self, dw: torch.Tensor) -> torch.Tensor:
         """``(sum(dW * (dW H + 2 G)) + ||R||^2) / denominator + constant``."""
         return _GramFunction.apply(dw, self.h, self.g) * self.scale + self.constant
@@ -162,6 +184,42 @@ class GramLoss:
         q = torch.addmm(self.g, dw, self.h)
         loss = float(torch.sum(dw * (q + self.g))) * self.scale + self.constant if with_loss else None
         return q.mul_(2.0 * self.scale), loss
+
+
+def polish(gram: GramLoss, dw: torch.Tensor, flip: torch.Tensor, sweeps: int) -> tuple[torch.Tensor, int]:
+    """Greedy exact descent on the hard rounding: flip single weights while the Gram loss drops.
+
+    ``dw``: the hard-rounded weight minus the float one, ``[O, K]``; ``flip``: the change of each
+    weight if its rounding flipped (``[O, K]``, 0 where the clamp leaves no choice). Flipping
+    ``(o, k)`` changes the loss by ``d^2 H_kk + 2 d (dW H + G)_ok``; column by column (every row at
+    once: rows do not interact), a flip is taken when it lowers the loss, and ``dW H + G`` updated.
+    Repeats until a sweep flips nothing, at most ``sweeps`` times. Each sweep costs one step's
+    product (O K^2). Returns the flip mask (``[O, K]`` bool) and the number of flips.
+    """
+    assert gram.h is not None and gram.g is not None
+    h = gram.h
+    q = torch.addmm(gram.g, dw.to(h.dtype), h)
+    d = flip.to(h.dtype).clone()
+    diag = torch.diagonal(h)
+    flipped = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
+    total = 0
+    for _ in range(sweeps):
+        changes = 0
+        for k in range(d.shape[1]):
+            dk = d[:, k]
+            take = dk * (dk * diag[k] + 2 * q[:, k]) < 0
+            n = int(take.sum())
+            if not n:
+                continue
+            step = torch.where(take, dk, torch.zeros_like(dk))
+            q.addr_(step, h[k])
+            d[:, k] = torch.where(take, -dk, dk)
+            flipped[:, k] ^= take
+            changes += n
+        total += changes
+        if not changes:
+            break
+    return flipped, total
 
 
 def denominators(outputs: Iterable[torch.Tensor]) -> float:
