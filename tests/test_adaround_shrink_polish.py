@@ -158,3 +158,19 @@ def test_polish_lowers_the_held_out_error_at_few_iterations(tmp_path):
     assert polished > unpolished + 0.3, (polished, unpolished)
     with pytest.raises(QdqError, match="invalid options"):
         _run(case, tmp_path, polish=-1)
+
+
+def test_per_sample_errors_average_to_the_loss_and_decide_only_clear_gains():
+    from qdq_passes.adaround import _clearly_lower, _recon, _recon_per_sample
+
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(6, 3, 4, 5, generator=g), torch.randn(6, 7, generator=g), torch.randn(6, generator=g)]
+    tgts = [torch.randn(t.shape, generator=g) for t in outs]
+    relus = [True, False, False]
+    per = _recon_per_sample(torch, outs, tgts, relus)
+    assert per.shape == (6,) and per.dtype == torch.float64
+    assert float(per.mean()) == pytest.approx(float(_recon(torch, outs, tgts, relus)), rel=1e-6)
+    old = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    assert _clearly_lower(old - 0.5, old)  # the same gain on every sample
+    assert not _clearly_lower(old + torch.tensor([-3.0, 2.9, -0.1, 0.1], dtype=torch.float64), old)  # noise
+    assert not _clearly_lower(old, old) and not _clearly_lower(old[:1] - 1, old[:1])  # one sample: no verdict
