@@ -607,7 +607,8 @@ class _Runner:
         return BlockReport(block.index, ops, len(quantizers), mse_nearest, mse_ada, 0.0, status, path, shrink, polished)
 
     def _polish(self, gram, weight: _SoftWeight, alpha) -> int:  # noqa: ANN001
-        """Polish ``alpha``'s hard rounding on ``gram`` (see :func:`adaround_gram.polish`); returns the flips."""
+        """Polish ``alpha``'s hard rounding on ``gram`` (see :func:`adaround_gram.polish`); returns how
+        many codes changed."""
         from qdq_passes.adaround_gram import polish
 
         torch = self.torch
@@ -617,7 +618,8 @@ class _Runner:
             hard = weight._dequantize(up)
             dw = layout.weight_to_matrix(hard - weight.weight)
             flip = layout.weight_to_matrix(weight._dequantize(~up) - hard)
-            mask, flips = polish(gram, dw, flip, self.o.polish)
+            mask, _ = polish(gram, dw, flip, self.o.polish)
+            flips = int(mask.sum())
             if flips:
                 new_up = up ^ layout.matrix_to_weight(mask)
                 size = alpha.abs().clamp_min(1e-3)
