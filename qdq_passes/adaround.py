@@ -576,9 +576,8 @@ class _Runner:
 
         mse_ada, errors = train(gram, f"adaround block {block.index} [{ops}, {path}]")
         shrink = 0.0
-        k = gram.layout.weight_to_matrix(weights[0].weight).shape[1] if gram is not None else 0
         if (o.shrink and gram_steps == o.iters and check_inputs is not q_inputs
-                and (gram.rows < k or mse_ada > mse_nearest * (1 + 1e-6))):
+                and (gram.rows < gram.fan_in or mse_ada > mse_nearest * (1 + 1e-6))):
             # Few samples for the fan-in (H singular), or AdaRound lost on the held-out samples:
             # retrain on the shrunk loss; a shrunk rounding replaces the best so far only where it
             # lowers the held-out error by more than the standard error of the difference.
@@ -756,31 +755,32 @@ class _Runner:
                 cache.put(value, np.concatenate(r))
 
 
-def _recon(torch, outs: Sequence, tgts: Sequence, transforms: Sequence[bool], targets_done: bool = False):  # noqa: ANN001, ANN202
-    """The reconstruction loss: per output, squared error summed over axis 1, averaged over the rest.
-
-    An output whose transform is True is compared after a Relu (``targets_done``: the targets'
-    Relu is already applied)."""
+def _differences(torch, outs: Sequence, tgts: Sequence, transforms: Sequence[bool], targets_done: bool = False):  # noqa: ANN001, ANN202
+    """Per output, ``out - target`` in float32, after a Relu where its transform is True
+    (``targets_done``: the targets' Relu is already applied)."""
     relu = torch.nn.functional.relu
-    total = 0.0
     for out, tgt, use_relu in zip(outs, tgts, transforms):
         if use_relu:
             out = relu(out)
             if not targets_done:
                 tgt = relu(tgt)
-        diff = (out - tgt).float()
+        yield (out - tgt).float()
+
+
+def _recon(torch, outs: Sequence, tgts: Sequence, transforms: Sequence[bool], targets_done: bool = False):  # noqa: ANN001, ANN202
+    """The reconstruction loss: per output, squared error summed over axis 1, averaged over the rest
+    (see :func:`_differences` for the Relu)."""
+    total = 0.0
+    for diff in _differences(torch, outs, tgts, transforms, targets_done):
         total = total + (diff.pow(2).sum(1).mean() if diff.dim() > 1 else diff.pow(2).mean())
     return total
 
 
 def _recon_per_sample(torch, outs: Sequence, tgts: Sequence, transforms: Sequence[bool]):  # noqa: ANN001, ANN202
     """Each sample's share of :func:`_recon` (float64, ``[N]``): its mean is ``_recon``'s value."""
-    relu = torch.nn.functional.relu
     total = None
-    for out, tgt, use_relu in zip(outs, tgts, transforms):
-        if use_relu:
-            out, tgt = relu(out), relu(tgt)
-        err = (out - tgt).double().pow(2)
+    for diff in _differences(torch, outs, tgts, transforms):
+        err = diff.double().pow(2)
         err = err.sum(1).flatten(1).mean(1) if err.dim() > 2 else err.sum(1) if err.dim() == 2 else err
         total = err if total is None else total + err
     return total

@@ -151,8 +151,13 @@ class GramLoss:
     def ops_per_step(self) -> int:
         """Multiply-adds of one step's product (``O K^2``)."""
         assert self.g is not None
-        out, k = self.g.shape
-        return out * k * k
+        return self.g.shape[0] * self.fan_in**2
+
+    @property
+    def fan_in(self) -> int:
+        """``K``: the inputs of one output (columns of the ``[O, K]`` weight matrix)."""
+        assert self.g is not None
+        return self.g.shape[1]
 
     @property
     def rows(self) -> int:
