@@ -261,11 +261,9 @@ class QuantSpec:
                 if self.saturate:
                     np.clip(v, self.qmin, self.qmax, out=v)
                 return v.astype(storage)
-            v = np.rint(v).astype(np.float64)
-            v += self.expand(self.zero_point.astype(np.float64), x.shape)
-        np.nan_to_num(v, copy=False, nan=self.qmin, posinf=self.qmax, neginf=self.qmin)
-        np.clip(v, self.qmin, self.qmax, out=v)
-        return v.astype(storage)
+            v = np.rint(v).astype(np.float64) + self.expand(self.zero_point.astype(np.float64), x.shape)
+        v = np.nan_to_num(v, nan=self.qmin, posinf=self.qmax, neginf=self.qmin)
+        return np.clip(v, self.qmin, self.qmax).astype(storage)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         """ONNX DequantizeLinear: float32 (float16 when the scale is float16)."""

@@ -171,6 +171,15 @@ def test_quantize_special_values() -> None:
     ]
 
 
+def test_quantize_scalar() -> None:
+    # A 0-d weight (a Mul by a quantized scalar constant, as in PP-OCR's hard-sigmoid) gives 0-d
+    # codes; numpy 2 refuses an in-place nan_to_num on the numpy scalar that 0-d arithmetic makes.
+    spec = QuantSpec.from_arrays(np.float32(0.1), np.int8(0))
+    codes = spec.quantize(np.array(0.44, np.float32))
+    assert codes.shape == () and int(codes) == 4
+    assert int(spec.quantize(np.array(np.nan, np.float32))) == -128
+
+
 def test_quantize_uses_true_float32_division() -> None:
     rng = np.random.default_rng(0)
     s = np.float32(0.1)
