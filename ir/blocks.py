@@ -41,7 +41,11 @@ The analysis (O(V+E), plus ``networkx.immediate_dominators``):
 7. Consecutive regions are merged while a block holds fewer than ``min_ops`` weighted ops and the
    merge stays within ``max_ops`` (``max_ops`` wins when both cannot hold). ``granularity="layer"``
    is ``min_ops = max_ops = 1``: one weighted op (plus its trailing ops) per block.
-8. Constant nodes join the earliest block that reads them.
+8. Constant nodes join the earliest block that reads them; every later block reading one gets a
+   copy of it (a quantized constant, a ``Cast`` of one, shared by several blocks), except where
+   AdaRound learns its value (an AdaRound weight quantizer and what is computed from it): then the
+   blocks from the first to the last that read it are merged, so that a shared or tied weight is
+   rounded once, with all its readers in the loss.
 9. Shape computations are recomputed, not passed: a **shape node** is a ``Shape`` or ``Size``, or
    integer arithmetic (``SHAPE_OPS``) on shape nodes' outputs and constants. A block reading a
    shape node of another block gets a copy of that node (and of the shape nodes it depends on),
@@ -60,8 +64,9 @@ Conventions that follow (documented for AdaRound and ``to_torch``):
 * Residual blocks come out whole (the skip ``Add`` dominates nothing before it, so it closes the
   region of its branch); so does attention (``MatMul-Softmax-MatMul`` with its Q/K/V projections).
 * A block may have several inputs (e.g. a layer-split residual branch reading the skip tensor).
-* Blocks are in topological order; every node is in exactly one block, except shape nodes copied
-  by 9 (``BlockPartition.block_of`` answers the block that first holds them); a block's ``inputs``
+* Blocks are in topological order; every node is in exactly one block, except constant nodes
+  copied by 8 and shape nodes copied by 9 (``BlockPartition.block_of`` answers the block that first
+  holds them); a block's ``inputs``
   are produced by earlier blocks or are graph inputs. Nothing is keyed on node names.
 """
 
@@ -98,6 +103,8 @@ Granularity = Literal["block", "layer"]
 #: The quantizer dialect (ir/dialect.py); its quantizer ops take ``(x, scale, zero_point)``.
 DIALECT_DOMAIN = "qdq_passes"
 DIALECT_QUANTIZERS = frozenset({"INTQuantizer", "AdaroundINTQuantizer", "FPQuantizer"})
+#: Dialect quantizers whose value AdaRound learns (step 8 keeps all their readers in one block).
+TRAINABLE_QUANTIZERS = frozenset({"AdaroundINTQuantizer"})
 
 #: Weighted op type -> the input positions that may hold its constant weight.
 WEIGHTED_OPS: dict[str, tuple[int, ...]] = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1, 0)}
@@ -526,6 +533,24 @@ class _View:
 
     # ------------------------------------------------------------------ blocks (step 8)
 
+    def _trainable(self) -> list[bool]:
+        """Constant nodes whose value AdaRound learns: an AdaRound quantizer or a constant node
+        computed from one (a ``Transpose`` of a tied embedding)."""
+        trainable = [False] * len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            if not self.constant[i]:
+                continue
+            if node.domain == DIALECT_DOMAIN and node.op_type in TRAINABLE_QUANTIZERS:
+                trainable[i] = True
+                continue
+            for v in node.inputs:
+                producer = v.producer() if v is not None else None
+                j = self.pos.get(producer) if producer is not None else None
+                if j is not None and trainable[j]:
+                    trainable[i] = True
+                    break
+        return trainable
+
     def make_blocks(self, groups: list[list[_Atom]]) -> list[Block]:
         n = len(self.nodes)
         block_of = [-1] * n
@@ -534,17 +559,44 @@ class _View:
                 for i in atom.nodes:
                     block_of[i] = b
         count = len(groups)
-        for i in reversed(range(n)):  # constant nodes: the earliest block reading them
+        # Step 8. The blocks that read each constant node, through other constant nodes.
+        reading: list[set[int]] = [set() for _ in range(n)]
+        for i in reversed(range(n)):
+            if self.constant[i]:
+                for v in self.nodes[i].outputs:
+                    for r in self.readers.get(v, ()):
+                        reading[i].update(reading[r] if self.constant[r] else (block_of[r],))
+        trainable = self._trainable()
+        merge_to = list(range(count))  # a trainable weight read by several blocks: merge them
+        spans = sorted((min(r), max(r)) for r, t in zip(reading, trainable) if t and len(r) > 1)
+        reach = -1
+        for lo, hi in spans:
+            start = merge_to[lo] if lo <= reach else lo
+            for b in range(lo, hi + 1):
+                merge_to[b] = start
+            reach = max(reach, hi)
+        if merge_to != list(range(count)):
+            renumber = {b: k for k, b in enumerate(sorted(set(merge_to)))}
+            block_of = [renumber[merge_to[b]] if b >= 0 else -1 for b in block_of]
+            reading = [{renumber[merge_to[b]] for b in r} for r in reading]
+            count = len(renumber)
+        copies: list[list[int]] = [[] for _ in range(count)]
+        for i in range(n):
             if not self.constant[i]:
                 continue
-            readers = [block_of[r] for v in self.nodes[i].outputs for r in self.readers.get(v, ())]
-            block_of[i] = min(readers, default=count - 1)
+            block_of[i] = min(reading[i], default=count - 1)
+            if not trainable[i]:
+                for b in reading[i] - {block_of[i]}:
+                    copies[b].append(i)
         if count == 0 and n:
             count = 1
             block_of = [0] * n
         members: list[list[int]] = [[] for _ in range(count)]
         for i in range(n):
             members[block_of[i]].append(i)
+        for b in range(count):
+            if copies[b]:
+                members[b] = sorted({*members[b], *copies[b]})
         shape = self.shape
         if any(shape):
             for b in range(count):  # step 9: copy the shape nodes a block reads from another block

@@ -21,7 +21,7 @@ from tests.qdq_matrix import MODELS, quantized
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONFIGS = ["u8s8-channel", "s8s8-tensor", "u8s8-pair", "u8s8-dedicated", "int4-channel"]
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-WEIGHT_PRODUCERS = {"DequantizeLinear", "QuantizeLinear", "Constant", "INTQuantizer", "AdaroundINTQuantizer", "FPQuantizer"}
+WEIGHT_PRODUCERS = {"DequantizeLinear", "QuantizeLinear", "Constant", "Transpose", "INTQuantizer", "AdaroundINTQuantizer", "FPQuantizer"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -59,8 +59,9 @@ def check_partition(model: onnx_ir.Model, partition: BlockPartition) -> None:
         positions = [graph_order[n] for n in block.nodes]
         assert positions == sorted(positions), f"block {k}: nodes not in graph order"
         for node in block.nodes:
-            # only shape computations are copied into the blocks that read them
-            assert node not in seen or is_shape_node(node), f"{node} in blocks {seen[node]} and {k}"
+            # only shape computations and constants AdaRound does not learn are copied
+            copied = is_shape_node(node) or (node in block.constant_nodes and node.op_type != "AdaroundINTQuantizer")
+            assert node not in seen or copied, f"{node} in blocks {seen[node]} and {k}"
             seen.setdefault(node, k)
         assert set(block.weighted) <= set(block.nodes)
     assert set(seen) == set(model.graph), "some node is in no block"
@@ -82,9 +83,8 @@ def check_partition(model: onnx_ir.Model, partition: BlockPartition) -> None:
                 if value is None or value.producer() in mine:
                     continue
                 assert value in block.inputs or value in block.constants, f"block {k}: {value.name} unaccounted"
-        for value in block.constants:
-            producer = value.producer()
-            assert producer is None or seen[producer] <= k
+        for value in block.constants:  # constant nodes are inside: a block runs from initializers
+            assert value.producer() is None, f"block {k}: constant {value.name} computed in another block"
 
 
 def _partition(proto: onnx.ModelProto, **kwargs) -> tuple[onnx_ir.Model, BlockPartition]:
@@ -342,7 +342,9 @@ def test_subgraph_reads_are_edges():
     assert [v.name for v in partition[0].outputs] == ["t"]
 
 
-def test_shared_weight_quantizer_belongs_to_the_first_reader():
+def test_shared_constant_chain_is_copied_into_every_reader():
+    """A quantized constant read by two blocks: each block computes it (a block runs from
+    initializers alone), and the blocks stay apart (nothing is learned in it)."""
     model = _parse("""
         <ir_version: 10, opset_import: ["" : 17]>
         g (float[1,4] x) => (float[1,4] y)
@@ -357,8 +359,35 @@ def test_shared_weight_quantizer_belongs_to_the_first_reader():
     partition = BlockPartition.build(model)
     check_partition(model, partition)
     assert len(partition) == 2
-    assert [n.op_type for n in partition[0].constant_nodes] == ["DequantizeLinear"]
-    assert [v.name for v in partition[1].constants] == ["wd"]
+    assert [[n.op_type for n in b.constant_nodes] for b in partition] == [["DequantizeLinear"]] * 2
+    assert partition.block_of(partition[1].constant_nodes[0]) is partition[0]
+
+
+def test_shared_adaround_weight_merges_the_blocks_that_read_it():
+    """A tied weight AdaRound learns (here read directly and through a Transpose): one block from
+    its first reader to its last, so it is rounded once with all its readers in the loss."""
+    model = _parse("""
+        <ir_version: 10, opset_import: ["" : 21, "qdq_passes" : 1]>
+        g (float[1,4] x) => (float[1,4] y)
+          <float[4,4] w = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}, float[4,4] v = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1},
+           float s = {0.1}, int8 z = {0}, float sa = {0.05}, uint8 za = {128}>
+        {
+          wq = qdq_passes.AdaroundINTQuantizer (w, s, z)
+          vq = qdq_passes.AdaroundINTQuantizer (v, s, z)
+          a = MatMul (x, wq)
+          aq = qdq_passes.INTQuantizer (a, sa, za)
+          b = MatMul (aq, vq)
+          bq = qdq_passes.INTQuantizer (b, sa, za)
+          wt = Transpose (wq)
+          y = MatMul (bq, wt)
+        }
+    """)
+    partition = BlockPartition.build(model, max_ops=1)
+    check_partition(model, partition)
+    assert [len(b.weighted) for b in partition] == [3]
+    assert sorted(n.op_type for n in partition[0].constant_nodes) == ["AdaroundINTQuantizer"] * 2 + ["Transpose"]
+    untied = _parse(onnx.printer.to_text(onnx_ir.to_proto(model)).replace("y = MatMul (bq, wt)", "y = MatMul (bq, vq)"))
+    assert [len(b.weighted) for b in BlockPartition.build(untied, max_ops=1)] == [1, 2]
 
 
 # --------------------------------------------------------------------------- speed
