@@ -7,9 +7,9 @@ Runs on a model whose weight quantizers are ``AdaroundINTQuantizer`` nodes (made
 1. Inputs. The quantized path starts from the calibration inputs and runs through the blocks
    already rounded (earlier blocks' hard-rounded torch modules), never by re-running model
    prefixes; the float path runs the same blocks with every quantizer replaced by its float
-   meaning (an activation quantizer whose range starts at exactly 0 becomes a Relu: that clamp is
-   the Relu onnxruntime folded into it; other quantizers become identities; stored codes of
-   biases dequantize). Only values later blocks read are kept (``cache-mb`` spills them to disk).
+   meaning (an activation quantizer whose range starts at exactly 0 becomes ``clamp(x, 0, upper
+   end of its range)``: the Relu or Clip onnxruntime folded into it; other quantizers become
+   identities; stored codes of biases dequantize). Only values later blocks read are kept (``cache-mb`` spills them to disk).
 2. Loss. The squared error of the block outputs (summed over axis 1, the channels of NCHW
    outputs, averaged over the other axes) against the float block's outputs; an output read only by zero-based activation
    quantizers is compared after a Relu (the clamp that follows it), which peers leave out. After
@@ -428,16 +428,17 @@ class _Runner:
         return [self.torch.cat(p) for p in parts]
 
     def _float_quantizer(self, node: onnx_ir.Node):  # noqa: ANN202
-        """The float meaning of a quantizer: Relu (zero-based activation), identity, or dequantize."""
+        """The float meaning of a quantizer (``_float_clamp``): a clamp, identity, or dequantize."""
         from qdq_passes.quantizers import materialize
 
         nn = self.torch.nn
         params = dialect.quantizer_params(node)
         if params.q_folded:
             return materialize(node)  # stored codes without a float weight (biases): their dequantized value
-        if constant_array(node.inputs[0]) is None and _zero_based(node):
-            return nn.ReLU()
-        return nn.Identity()
+        clamp = _float_clamp(node)
+        if clamp is None:
+            return nn.Identity()
+        return nn.ReLU() if clamp == math.inf else nn.Hardtanh(0.0, clamp)
 
     def _loss_relu(self, value: onnx_ir.Value) -> bool:
         """Whether the output is only read by zero-based activation quantizers (compare after Relu)."""
@@ -1079,6 +1080,26 @@ def _zero_based(node: onnx_ir.Node) -> bool:
     return bool(np.all(lower == 0))
 
 
+def _float_clamp(node: onnx_ir.Node) -> float | None:
+    """The upper end of the float meaning ``clamp(x, 0, upper)`` of a zero-based activation
+    quantizer (``math.inf`` for a plain Relu), None for the others (identity).
+
+    onnxruntime's quantizer removes a Relu or ``Clip(0, c)`` whose output a quantizer reads and lets
+    the quantizer's range do the clamping: ``[0, c]`` for a Clip (a hard-swish's ``Clip(x + 3, 0,
+    6)`` in MobileNetV3), ``[0, calibrated max]`` for a Relu. Clamping at the range's upper end
+    restores the Clip, and leaves a Relu's calibration samples alone (MinMax puts the range's end at
+    or above their max); a Relu alone let PP-OCR's float activations grow to inf over 16
+    hard-swish blocks. Per-axis activation quantizers keep a plain Relu.
+    """
+    if not _zero_based(node):
+        return None
+    spec = dialect.quantizer_spec(node)
+    if spec.scale.size != 1:
+        return math.inf
+    upper = (spec.qmax - float(spec.zero_point.reshape(-1)[0])) * float(spec.scale.reshape(-1)[0])
+    return float(np.float32(upper))
+
+
 def _float_clone(model: onnx_ir.Model) -> onnx_ir.Model:
     """A copy of ``model`` in which quantizers take their float meaning (for onnxruntime fallbacks)."""
     clone = model.clone()
@@ -1088,7 +1109,8 @@ def _float_clone(model: onnx_ir.Model) -> onnx_ir.Model:
             continue
         x = node.inputs[0]
         out = node.outputs[0]
-        if constant_array(x) is None and _zero_based(node):
+        clamp = _float_clamp(node)
+        if clamp is not None:
             relu_out = onnx_ir.Value(name=f"{out.name}_float_relu", type=out.type, shape=out.shape)
             relu = onnx_ir.Node("", "Relu", [x], outputs=[relu_out])
             graph.insert_after(node, relu)

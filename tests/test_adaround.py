@@ -361,3 +361,58 @@ def test_layers_recompute_shape_values_instead_of_passing_them(tmp_path):
     lowered = onnx_ir.to_proto(qdq_passes.run(model, "lower-qdq,fold-qdq"))
     (y,) = run_ort(lowered, {"x": x[:5]})
     assert y.shape == (5, 2, 4)
+
+
+def _hard_swish_chain(layers: int = 6) -> onnx.ModelProto:
+    """Conv -> hard-swish as exporters write it (``x * Clip(x + 3, 0, 6) / 6``), ``layers`` times;
+    onnxruntime's quantizer removes each Clip and lets the quantizer after ``x + 3`` clamp."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    nodes, inits, x = [], [], "x"
+    for name, value in (("three", 3.0), ("zero", 0.0), ("six", 6.0)):
+        inits.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    for i in range(layers):
+        w = (rng.standard_normal((8, 8, 3, 3)) * 0.4).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", [f"c{i}", "three"], [f"a{i}"]),
+            helper.make_node("Clip", [f"a{i}", "zero", "six"], [f"k{i}"]),
+            helper.make_node("Mul", [f"c{i}", f"k{i}"], [f"m{i}"]),
+            helper.make_node("Div", [f"m{i}", "six"], [f"h{i}"]),
+        ]
+        x = f"h{i}"
+    graph = helper.make_graph(nodes, "hswish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float_path_restores_the_clip_onnxruntime_folded_into_a_quantizer(tmp_path, monkeypatch):
+    """The float meaning of a quantizer whose range is onnxruntime's removed ``Clip(0, 6)`` clamps at
+    6 too: the float activations follow the float model (a Relu alone let PP-OCR's grow to inf)."""
+    from qdq_passes import adaround as adaround_module
+    from tests.models import ort_quantize, random_inputs
+
+    float_model = _hard_swish_chain()
+    qdq = ort_quantize(float_model, tmp_path, extra_options={"AddQDQPairToWeight": True}, n_calib=16)
+    assert not any(n.op_type == "Clip" for n in qdq.graph.node)  # the premise: onnxruntime removed them
+    x = np.concatenate([f["x"] for f in random_inputs(float_model, n=16, seed=0)])
+    calib = save_npz(tmp_path / "calib.npz", {"x": x})
+    float_out: dict[str, np.ndarray] = {}
+    original = adaround_module._Runner._process
+
+    def recording(self, block, *args):  # noqa: ANN001, ANN202
+        original(self, block, *args)
+        for v in block.outputs:
+            float_out[v.name] = np.array(self.float.get(v))
+
+    monkeypatch.setattr(adaround_module._Runner, "_process", recording)
+    model = _load(qdq)
+    InsertQuantizersPass(weights="adaround")(model)
+    AdaroundPass(calib=str(calib), iters=1, threads=1)(model)
+    last = float_model.graph.output[0].name
+    reached = [name for name in float_out if name.startswith(last)]
+    assert reached, sorted(float_out)
+    want = run_ort(float_model, {"x": x})[0]
+    assert sqnr_db(want, float_out[reached[0]]) > 60
