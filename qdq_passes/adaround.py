@@ -74,6 +74,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -88,6 +89,7 @@ from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
+from qdq_passes.block_onnxruntime import BlockSession, block_model, float_clamp, prefix_model, zero_based
 from qdq_passes.ir.blocks import Block, BlockPartition, is_shape_node
 from qdq_passes.ir.qdq import constant_array, node_label
 from qdq_passes.runtime import configured_torch, ort_session_options
@@ -161,11 +163,14 @@ class BlockReport:
     path: str = "direct"  # direct (random batches through the block) | conv (same, conv fast path) | gram
     shrink: float = 0.0  # the Gram loss's shrinkage kept (``shrink``; 0: none)
     polished: int = 0  # codes flipped by the polish (``polish``) and kept
+    cause: str = ""  # why a block was skipped
 
     def line(self) -> str:
         """One line for the statistics report."""
-        if self.status in ("no-weights", "skipped"):
+        if self.status == "no-weights":
             return f"block {self.index} [{self.ops}]: {self.status}"
+        if self.status == "skipped":
+            return f"block {self.index} [{self.ops}]: skipped, outputs by {self.path} ({self.cause})"
         extra = (f", shrink {self.shrink:g}" if self.shrink else "") + (
             f", {self.polished} polished" if self.polished else "")
         return (f"block {self.index} [{self.ops}]: {self.weights} weights, mse nearest {self.mse_nearest:.4g} "
@@ -300,6 +305,7 @@ class _Runner:
         for block in partition:
             for value in block.inputs:
                 self.remaining[value] = self.remaining.get(value, 0) + 1
+        self.calib = inputs
         by_name = {v.name: v for v in model.graph.inputs}
         for name, array in inputs.items():
             value = by_name[name]
@@ -318,25 +324,21 @@ class _Runner:
         except ImportError:  # pragma: no cover - tqdm is a dependency
             tqdm = None
         blocks = list(self.partition)
+        fallback = self._plan_fallbacks(blocks)
         for block in blocks:
             start = time.perf_counter()
             ops = ",".join(n.op_type for n in block.weighted) or "-"
-            from qdq_passes.ir.to_torch import UnsupportedOp, block_to_module
-
-            try:
-                qmod = block_to_module(block.nodes, block.inputs, block.outputs, opset_imports=self.model.opset_imports,
-                                       quantizer_module=materialize).to(self.device)
-                fmod = block_to_module(block.nodes, block.inputs, block.outputs, opset_imports=self.model.opset_imports,
-                                       quantizer_module=self._float_quantizer).to(self.device)
-            except UnsupportedOp as exc:
-                logger.warning("adaround: block %d skipped (%s); its weights keep nearest rounding", block.index, exc)
-                self.pass_.bump("num-blocks-skipped")
-                self.pass_.reports.append(BlockReport(block.index, ops, 0, math.nan, math.nan, 0.0, "skipped"))
-                self._run_with_onnxruntime(block)
-                self._release(block)
-                continue
             ada_nodes = [n for n in block.nodes if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
                          and not dialect.quantizer_params(n).q_folded]
+            missing = [v for v in block.inputs if v not in self.quant.arrays]
+            if missing:
+                self._skip(block, ops, start, f"its input {missing[0].name!r} could not be evaluated", run=False)
+                continue
+            if block.index in fallback:
+                self._skip(block, ops, start, fallback[block.index], warn=False)  # warned up front
+                continue
+            qmod = self._module(block, materialize)
+            fmod = self._module(block, self._float_quantizer)
             saved_stats, saved_reports = dict(self.pass_.stats), len(self.pass_.reports)
             try:
                 self._process(block, qmod, fmod, ada_nodes, ops, start, tqdm)
@@ -345,20 +347,64 @@ class _Runner:
                 del self.pass_.reports[saved_reports:]
                 # torch could build the block but not run it on these data (e.g. a shape tensor
                 # without a batch axis crossing blocks): keep nearest rounding, use onnxruntime.
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                logger.warning("adaround: block %d skipped (torch could not run it: %s); its weights keep nearest "
-                               "rounding", block.index, first)
                 for node in ada_nodes:
                     materialize(node, refresh=True)
-                self.pass_.bump("num-blocks-skipped")
-                self.pass_.reports.append(BlockReport(block.index, ops, 0, math.nan, math.nan, 0.0, "skipped"))
                 for value in block.outputs:
                     self.quant.drop(value)
                     self.float.drop(value)
-                self._run_with_onnxruntime(block)
+                self._skip(block, ops, start, f"torch could not run it: {_first_line(exc)}")
+                continue
+            self._progress(self.pass_.reports[-1])
             self._release(block)
         self.quant.close()
         self.float.close()
+
+    def _module(self, block: Block, quantizer_module):  # noqa: ANN001, ANN202
+        from qdq_passes.ir.to_torch import block_to_module
+
+        return block_to_module(block.nodes, block.inputs, block.outputs, opset_imports=self.model.opset_imports,
+                               quantizer_module=quantizer_module).to(self.device)
+
+    def _plan_fallbacks(self, blocks: list[Block]) -> dict[int, str]:
+        """Before any training: the blocks torch cannot convert, each with its cause (warned, once)."""
+        from qdq_passes.ir.to_torch import UnsupportedOp
+        from qdq_passes.quantizers import materialize
+
+        causes: dict[int, str] = {}
+        for block in blocks:
+            try:
+                self._module(block, materialize)
+            except UnsupportedOp as exc:
+                causes[block.index] = f"no torch converter: {exc}"
+        if causes:
+            listed = "; ".join(f"block {i} ({c.removeprefix('no torch converter: ')})" for i, c in causes.items())
+            logger.warning("adaround: %d of %d blocks run in onnxruntime, their weights keep nearest rounding: %s",
+                           len(causes), len(blocks), listed)
+        return causes
+
+    def _skip(self, block: Block, ops: str, start: float, cause: str, run: bool = True, warn: bool = True) -> None:
+        """A block not trained: its weights keep nearest rounding, its outputs come from
+        onnxruntime (``run``); reported with its cause, never the end of the run."""
+        self.pass_.bump("num-blocks-skipped")
+        path = "onnxruntime" if run else "none"
+        if run:
+            try:
+                self._run_with_onnxruntime(block)
+            except Exception as exc:  # noqa: BLE001 - reported as the cause, the run goes on
+                path = "none"
+                cause = f"{cause}; onnxruntime could not evaluate it either: {_first_line(exc)}"
+        report = BlockReport(block.index, ops, 0, math.nan, math.nan, time.perf_counter() - start, "skipped",
+                             path, cause=cause)
+        if warn or path == "none":
+            logger.warning("adaround: block %d skipped (%s); its weights keep nearest rounding", block.index, cause)
+        self.pass_.reports.append(report)
+        self._progress(report)
+        self._release(block)
+
+    def _progress(self, report: BlockReport) -> None:
+        """One line per block on stderr when nobody watches a terminal (tqdm shows bars otherwise)."""
+        if not sys.stderr.isatty():
+            print(f"adaround: {report.index + 1}/{len(self.partition)} {report.line()}", file=sys.stderr, flush=True)
 
     def _process(self, block: Block, qmod, fmod, ada_nodes: list[onnx_ir.Node], ops: str, start: float,  # noqa: ANN001
                  tqdm) -> None:  # noqa: ANN001
@@ -435,7 +481,7 @@ class _Runner:
         params = dialect.quantizer_params(node)
         if params.q_folded:
             return materialize(node)  # stored codes without a float weight (biases): their dequantized value
-        clamp = _float_clamp(node)
+        clamp = float_clamp(node)
         if clamp is None:
             return nn.Identity()
         return nn.ReLU() if clamp == math.inf else nn.Hardtanh(0.0, clamp)
@@ -444,7 +490,7 @@ class _Runner:
         """Whether the output is only read by zero-based activation quantizers (compare after Relu)."""
         uses = [use.node for use in value.uses()]
         return bool(uses) and not value.is_graph_output() and all(
-            dialect.is_quantizer(n) and _zero_based(n) for n in uses)
+            dialect.is_quantizer(n) and zero_based(n) for n in uses)
 
     def _train(self, block: Block, qmod, quantizers: list, train_inputs: list, q_inputs: list,  # noqa: ANN001
                targets: list, transforms: list[bool], ops: str, tqdm) -> BlockReport:  # noqa: ANN001
@@ -725,35 +771,37 @@ class _Runner:
                 self.float.drop(value)
 
     def _run_with_onnxruntime(self, block: Block) -> None:
-        """Outputs of a block torch cannot run: onnxruntime on the block alone, both paths."""
+        """Both paths' outputs of a block torch cannot run, by onnxruntime: the block cut out as a
+        model of its own, or, where that fails (a value crossing the cut without a batch axis),
+        the model's prefix up to the block from the calibration inputs."""
         try:
-            self._onnxruntime_outputs(block)
-        except Exception as exc:  # noqa: BLE001 - one clear error instead of a runtime's message
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise QdqError(
-                f"adaround: block {block.index} (inputs {[v.name for v in block.inputs]}) runs neither in torch nor "
-                f"in onnxruntime on the cached values ({first}). Values without a batch axis crossing blocks "
-                "(other than shape computations, which blocks recompute) are not supported; granularity=block "
-                "keeps such chains inside one block"
-            ) from None
+            results = [self._block_session(block, path).run([cache.get(v) for v in block.inputs])
+                       for cache, path in ((self.quant, False), (self.float, True))]
+        except Exception as exc:  # noqa: BLE001 - the prefix is the last resort
+            logger.info("adaround: block %d: onnxruntime on the block alone failed (%s); running the model's prefix",
+                        block.index, _first_line(exc))
+            graph_inputs = list(self.model.graph.inputs)
+            results = []
+            for path in (False, True):
+                proto = prefix_model(self.model, block.outputs, float_path=path)
+                session = BlockSession(proto, graph_inputs, block.outputs)
+                results.append(session.run([self.calib[v.name] for v in graph_inputs]))
+        for cache, outs in zip((self.quant, self.float), results):
+            for value, out in zip(block.outputs, outs):
+                cache.put(value, out)
 
-    def _onnxruntime_outputs(self, block: Block) -> None:
-        import onnxruntime
+    def _block_session(self, block: Block, float_path: bool) -> BlockSession:
+        cache = self.float if float_path else self.quant
+        dtypes = {v: onnx_ir.DataType.from_numpy(cache.get(v).dtype) for v in block.inputs}
+        proto = block_model(self.model, block.nodes, block.inputs, block.outputs, float_path=float_path,
+                            input_dtypes=dtypes)
+        return BlockSession(proto, block.inputs, block.outputs)
 
-        for cache, model in ((self.quant, self.model), (self.float, _float_clone(self.model))):
-            proto = _block_model(model, [v.name for v in block.inputs], [v.name for v in block.outputs])
-            session = onnxruntime.InferenceSession(proto.SerializeToString(), ort_session_options(),
-                                                   providers=["CPUExecutionProvider"])
-            feeds = [cache.get(v) for v in block.inputs]
-            n = feeds[0].shape[0]
-            results: list[list[np.ndarray]] = [[] for _ in block.outputs]
-            for i in range(n):
-                outs = session.run([v.name for v in block.outputs],
-                                   {v.name: f[i:i + 1] for v, f in zip(block.inputs, feeds)})
-                for r, out in zip(results, outs):
-                    r.append(out)
-            for value, r in zip(block.outputs, results):
-                cache.put(value, np.concatenate(r))
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when empty), at most 200 characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _differences(torch, outs: Sequence, tgts: Sequence, transforms: Sequence[bool], targets_done: bool = False):  # noqa: ANN001, ANN202
@@ -1069,64 +1117,3 @@ def _nearest_codes(node: onnx_ir.Node, module) -> np.ndarray:  # noqa: ANN001
     spec = dialect.quantizer_spec(node)
     weight = constant_array(node.inputs[0])
     return spec.quantize(np.asarray(weight, dtype=np.float32)).astype(np.int64)
-
-
-def _zero_based(node: onnx_ir.Node) -> bool:
-    """Whether an activation quantizer's representable range starts at exactly 0 (a Relu's clamp)."""
-    if constant_array(node.inputs[0]) is not None:
-        return False
-    spec = dialect.quantizer_spec(node)
-    lower = (spec.qmin - spec.zero_point.astype(np.float64)) * spec.scale.astype(np.float64)
-    return bool(np.all(lower == 0))
-
-
-def _float_clamp(node: onnx_ir.Node) -> float | None:
-    """The upper end of the float meaning ``clamp(x, 0, upper)`` of a zero-based activation
-    quantizer (``math.inf`` for a plain Relu), None for the others (identity).
-
-    onnxruntime's quantizer removes a Relu or ``Clip(0, c)`` whose output a quantizer reads and lets
-    the quantizer's range do the clamping: ``[0, c]`` for a Clip (a hard-swish's ``Clip(x + 3, 0,
-    6)`` in MobileNetV3), ``[0, calibrated max]`` for a Relu. Clamping at the range's upper end
-    restores the Clip, and leaves a Relu's calibration samples alone (MinMax puts the range's end at
-    or above their max); a Relu alone let PP-OCR's float activations grow to inf over 16
-    hard-swish blocks. Per-axis activation quantizers keep a plain Relu.
-    """
-    if not _zero_based(node):
-        return None
-    spec = dialect.quantizer_spec(node)
-    if spec.scale.size != 1:
-        return math.inf
-    upper = (spec.qmax - float(spec.zero_point.reshape(-1)[0])) * float(spec.scale.reshape(-1)[0])
-    return float(np.float32(upper))
-
-
-def _float_clone(model: onnx_ir.Model) -> onnx_ir.Model:
-    """A copy of ``model`` in which quantizers take their float meaning (for onnxruntime fallbacks)."""
-    clone = model.clone()
-    graph = clone.graph
-    for node in list(graph):
-        if not dialect.is_quantizer(node) or dialect.quantizer_params(node).q_folded:
-            continue
-        x = node.inputs[0]
-        out = node.outputs[0]
-        clamp = _float_clamp(node)
-        if clamp is not None:
-            relu_out = onnx_ir.Value(name=f"{out.name}_float_relu", type=out.type, shape=out.shape)
-            relu = onnx_ir.Node("", "Relu", [x], outputs=[relu_out])
-            graph.insert_after(node, relu)
-            replacement = relu_out
-        else:
-            replacement = x
-        if out.is_graph_output():
-            continue
-        out.replace_all_uses_with(replacement)
-    return clone
-
-
-def _block_model(model: onnx_ir.Model, inputs: list[str], outputs: list[str]):  # noqa: ANN202
-    """The sub-model computing ``outputs`` from ``inputs`` (onnx's extractor)."""
-    import onnx
-    import onnx.utils
-
-    proto = onnx_ir.to_proto(model)
-    return onnx.utils.Extractor(proto).extract_model(inputs, outputs)

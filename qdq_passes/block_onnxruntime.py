@@ -1,0 +1,179 @@
+"""Blocks evaluated by onnxruntime: the fallback of ``adaround`` for blocks torch cannot run.
+
+:func:`block_model` cuts one block out of the model as a model of its own: the block's nodes, its
+inputs as graph inputs (whatever produced them: a graph input, an earlier block's quantizer, ...),
+the initializers it reads, and every function its nodes call (each dialect quantizer overload
+included) with the opsets they need. With ``float_path`` every quantizer takes its float meaning
+(:func:`float_clamp`) inside the sub-model only. :func:`prefix_model` is the same over the whole
+graph with chosen values as outputs (the last resort: the model's prefix up to a block, from the
+graph inputs). :class:`BlockSession` runs such a model sample by sample.
+
+The float meaning of a quantizer is defined here, once, for both runtimes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir
+
+from qdq_passes.ir import dialect
+from qdq_passes.ir.qdq import constant_array, node_label
+from qdq_passes.runtime import ort_session_options
+
+__all__ = ["BlockSession", "block_model", "float_clamp", "prefix_model", "zero_based"]
+
+
+def zero_based(node: onnx_ir.Node) -> bool:
+    """Whether an activation quantizer's representable range starts at exactly 0 (a Relu's clamp)."""
+    if constant_array(node.inputs[0]) is not None:
+        return False
+    spec = dialect.quantizer_spec(node)
+    lower = (spec.qmin - spec.zero_point.astype(np.float64)) * spec.scale.astype(np.float64)
+    return bool(np.all(lower == 0))
+
+
+def float_clamp(node: onnx_ir.Node) -> float | None:
+    """The upper end of the float meaning ``clamp(x, 0, upper)`` of a zero-based activation
+    quantizer (``math.inf`` for a plain Relu), None for the others (identity).
+
+    onnxruntime's quantizer removes a Relu or ``Clip(0, c)`` whose output a quantizer reads and lets
+    the quantizer's range do the clamping: ``[0, c]`` for a Clip (a hard-swish's ``Clip(x + 3, 0,
+    6)`` in MobileNetV3), ``[0, calibrated max]`` for a Relu. Clamping at the range's upper end
+    restores the Clip, and leaves a Relu's calibration samples alone (MinMax puts the range's end at
+    or above their max); a Relu alone let PP-OCR's float activations grow to inf over 16
+    hard-swish blocks. Per-axis activation quantizers keep a plain Relu.
+    """
+    if not zero_based(node):
+        return None
+    spec = dialect.quantizer_spec(node)
+    if spec.scale.size != 1:
+        return math.inf
+    upper = (spec.qmax - float(spec.zero_point.reshape(-1)[0])) * float(spec.scale.reshape(-1)[0])
+    return float(np.float32(upper))
+
+
+def _float_nodes(node: onnx_ir.Node, initializers: dict[str, onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """The float meaning of a dialect quantizer as standard nodes writing its output."""
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None
+    clamp = float_clamp(node)
+    if clamp is None:
+        return [onnx.helper.make_node("Identity", [x.name], [out.name])]
+    if clamp == math.inf:
+        return [onnx.helper.make_node("Relu", [x.name], [out.name])]
+    dtype = onnx_ir.DataType.FLOAT if x.dtype is None else x.dtype
+    lo, hi = f"{out.name}__float_min", f"{out.name}__float_max"
+    for name, value in ((lo, 0.0), (hi, clamp)):
+        initializers[name] = onnx.numpy_helper.from_array(np.array(value, dtype.numpy()), name)
+    return [onnx.helper.make_node("Clip", [x.name, lo, hi], [out.name])]
+
+
+def _value_info(value: onnx_ir.Value, dtype: onnx_ir.DataType | None = None) -> onnx.ValueInfoProto:
+    """A value's type with unknown shape (the fallback feeds one sample of whatever batch layout)."""
+    dtype = dtype or value.dtype or onnx_ir.DataType.FLOAT
+    return onnx.helper.make_tensor_value_info(value.name, int(dtype), None)
+
+
+def _check_named(values: Iterable[onnx_ir.Value]) -> None:
+    for value in values:
+        if not value.name:
+            raise ValueError(f"a value read by {node_label(value.producer()) if value.producer() else 'a node'} "
+                             "has no name; run the 'name-values' cleanup first")
+
+
+def _submodel(model: onnx_ir.Model, nodes: Sequence[onnx_ir.Node], inputs: Sequence[onnx_ir.Value],
+              outputs: Sequence[onnx_ir.Value], float_path: bool,
+              input_dtypes: Mapping[onnx_ir.Value, onnx_ir.DataType] | None) -> onnx.ModelProto:
+    _check_named([*inputs, *outputs])
+    initializers: dict[str, onnx.TensorProto] = {}
+    protos: list[onnx.NodeProto] = []
+    made: set[str] = {v.name for v in inputs}
+    for node in nodes:
+        if float_path and dialect.is_quantizer(node) and not dialect.quantizer_params(node).q_folded:
+            protos.extend(_float_nodes(node, initializers))
+        else:
+            protos.append(onnx_ir.serde.serialize_node(node))
+        made.update(v.name for v in node.outputs if v.name)
+    for node in nodes:  # the initializers the nodes (and their subgraphs) read
+        for value in _values_read(node):
+            if value.name in made or value.name in initializers:
+                continue
+            if value.const_value is not None and value.producer() is None:
+                tensor = onnx_ir.serde.serialize_tensor(value.const_value)
+                tensor.name = value.name
+                initializers[value.name] = tensor
+    dtypes = input_dtypes or {}
+    graph = onnx.helper.make_graph(
+        protos, "block", [_value_info(v, dtypes.get(v)) for v in inputs], [_value_info(v) for v in outputs],
+        initializer=list(initializers.values()))
+    opsets = dict(model.opset_imports)
+    functions = {key: onnx_ir.serde.serialize_function(f) for key, f in model.functions.items()}
+    used = {(n.domain, n.op_type, n.overload) for n in nodes if n.domain == dialect.DOMAIN}
+    if used:
+        domain = dialect.body_domain(model)
+        for _, op, overload in used:
+            if (dialect.DOMAIN, op, overload) not in functions:
+                functions[(dialect.DOMAIN, op, overload)] = dialect.function_proto(
+                    op, overload == dialect.FOLDED, opsets.get("", 1), domain)
+        opsets[dialect.DOMAIN] = dialect.VERSION
+        if domain == dialect.CONTRIB_DOMAIN:
+            opsets.setdefault(dialect.CONTRIB_DOMAIN, 1)
+    proto = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()],
+        functions=list(functions.values()))
+    proto.ir_version = max(model.ir_version or 0, 10)
+    return proto
+
+
+def _values_read(node: onnx_ir.Node) -> Iterable[onnx_ir.Value]:
+    """The values ``node`` reads, inside its subgraphs too."""
+    yield from (v for v in node.inputs if v is not None)
+    for attr in node.attributes.values():
+        if attr.type == onnx_ir.AttributeType.GRAPH:
+            graphs = [attr.as_graph()]
+        elif attr.type == onnx_ir.AttributeType.GRAPHS:
+            graphs = list(attr.as_graphs())
+        else:
+            continue
+        for graph in graphs:
+            for inner in onnx_ir.traversal.RecursiveGraphIterator(graph):
+                yield from (v for v in inner.inputs if v is not None)
+
+
+def block_model(model: onnx_ir.Model, nodes: Sequence[onnx_ir.Node], inputs: Sequence[onnx_ir.Value],
+                outputs: Sequence[onnx_ir.Value], *, float_path: bool,
+                input_dtypes: Mapping[onnx_ir.Value, onnx_ir.DataType] | None = None) -> onnx.ModelProto:
+    """A block (its nodes in graph order) as a model computing ``outputs`` from ``inputs``."""
+    return _submodel(model, nodes, inputs, outputs, float_path, input_dtypes)
+
+
+def prefix_model(model: onnx_ir.Model, outputs: Sequence[onnx_ir.Value], *, float_path: bool) -> onnx.ModelProto:
+    """The whole graph with ``outputs`` as its outputs, from the graph inputs."""
+    return _submodel(model, list(model.graph), list(model.graph.inputs), outputs, float_path, None)
+
+
+class BlockSession:
+    """An onnxruntime session of a block (or prefix) model, run one sample at a time (the cut may
+    have fixed a batch of 1 into its reshapes)."""
+
+    def __init__(self, proto: onnx.ModelProto, inputs: Sequence[onnx_ir.Value], outputs: Sequence[onnx_ir.Value]) -> None:
+        import onnxruntime
+
+        self.input_names = [v.name for v in inputs]
+        self.output_names = [v.name for v in outputs]
+        self.session = onnxruntime.InferenceSession(proto.SerializeToString(), ort_session_options(),
+                                                    providers=["CPUExecutionProvider"])
+
+    def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One array per output, the samples (axis 0 of every feed) concatenated."""
+        n = feeds[0].shape[0] if feeds else 1
+        results: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        for i in range(n):
+            outs = self.session.run(self.output_names, {k: f[i:i + 1] for k, f in zip(self.input_names, feeds)})
+            for r, out in zip(results, outs):
+                r.append(out)
+        return [np.concatenate(r) for r in results]
