@@ -47,7 +47,8 @@ The analysis (O(V+E), plus ``networkx.immediate_dominators``):
    blocks from the first to the last that read it are merged, so that a shared or tied weight is
    rounded once, with all its readers in the loss.
 9. Shape computations are recomputed, not passed: a **shape node** is a ``Shape`` or ``Size``, or
-   integer arithmetic (``SHAPE_OPS``) on shape nodes' outputs and constants. A block reading a
+   integer arithmetic (``SHAPE_OPS``) on shape nodes' outputs and constants, or a tensor made from
+   them alone (``ConstantOfShape``, ``Expand``, a mask from ``Range`` and ``Less``). A block reading a
    shape node of another block gets a copy of that node (and of the shape nodes it depends on),
    reading what its ``Shape`` reads instead. A shape value has no batch axis and holds the batch
    size, so it cannot be evaluated on one set of samples and reused on another. For the same
@@ -118,6 +119,10 @@ TRAILING_OPS = frozenset({
 SHAPE_OPS = frozenset({
     "Slice", "Concat", "Cast", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Add", "Sub", "Mul",
     "Div", "Neg", "Abs", "Max", "Min", "ReduceProd", "ReduceSum", "Equal", "Where", "Range",
+    # tensors made from shapes alone: an LSTM's zero initial state ConstantOfShape([2, B, 128]),
+    # attention masks from Range and comparisons
+    "ConstantOfShape", "Expand", "Tile", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
+    "Or", "Mod", "Floor", "Ceil", "Sqrt", "Trilu",
 })
 _CONSTANT_OPERAND_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 _STANDARD = ("", "ai.onnx")

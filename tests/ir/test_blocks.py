@@ -611,3 +611,28 @@ def test_shape_computations_are_recomputed_not_passed():
     assert partition.block_of(shape_node) is first  # the block that first holds it
     assert is_shape_node(next(n for n in model.graph if n.op_type == "Concat"))
     assert not is_shape_node(next(n for n in model.graph if n.op_type == "Reshape"))
+
+
+def test_tensor_made_from_a_shape_alone_is_recomputed_where_read():
+    """``ConstantOfShape(Shape(h))`` (an LSTM's zero initial state) goes with its reader, not to the
+    first block: that would make the first block read ``h`` of a later block."""
+    model = _parse("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[1,4] x) => (float[1,4] y)
+          <float[4,4] w0 = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}, float[4,4] w1 = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1},
+           float[4,4] w2 = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}>
+        {
+          a = MatMul (x, w0)
+          r = Relu (a)
+          h = MatMul (r, w1)
+          s = Shape (h)
+          z = ConstantOfShape (s)
+          c = Add (h, z)
+          y = MatMul (c, w2)
+        }
+    """)
+    partition = BlockPartition.build(model, granularity="layer")
+    check_partition(model, partition)
+    zeros = next(n for n in model.graph if n.op_type == "ConstantOfShape")
+    assert is_shape_node(zeros)
+    assert not any(v.name == "h" for v in partition[0].inputs)
