@@ -185,5 +185,8 @@ def _initializer_bytes(model: onnx_ir.Model) -> int:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of the innermost cause's message (onnx_ir's wrappers name only the function)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -84,6 +84,10 @@ def _bad_file(tmp_path: Path, kind: str, good: Path) -> Path:
         path.write_bytes(data[: len(data) // 2])
     elif kind == "empty":
         path.write_bytes(b"")
+    elif kind == "redeclared":  # what onnxruntime's quantize_static wrote for basic-pitch
+        proto = onnx.load(good)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), proto.graph.node[-1].output[0]))
+        onnx.save(proto, path)
     return path
 
 
@@ -93,6 +97,7 @@ def _bad_file(tmp_path: Path, kind: str, good: Path) -> Path:
         ("missing", "dce", 1, "no such file"),
         ("not-onnx", "dce", 1, "not a valid ONNX model"),
         ("truncated", "dce", 1, "not a valid ONNX model"),
+        ("redeclared", "dce", 1, "is redeclared in the current graph scope"),
         ("empty", "dce", 1, "invalid input model"),
         ("good", "dce,topo-srot", 2, "unknown pass 'topo-srot'; did you mean 'topo-sort'?"),
         ("good", "check{full-chek=1}", 2, "unknown option 'full-chek'; did you mean 'full-check'?"),
