@@ -13,7 +13,7 @@ point; DQ parameters that differ from its Q's; a Q whose output also feeds somet
 DQ (or is a graph output); a Q with no DQ; a DQ of a non-constant integer (e.g. a graph input).
 
 Invalid parameters raise :class:`InvalidQdq` naming the node: a zero, negative, NaN, Inf or
-denormal scale, a zero point whose dtype disagrees with the Q's output type or the DQ's input type,
+float16 denormal scale, a zero point whose dtype disagrees with the Q's output type or the DQ's input type,
 shapes that do not fit the input.
 """
 

@@ -188,13 +188,16 @@ class QuantSpec:
         if zp.shape != scale.shape:
             raise ValueError(f"zero_point shape {zp.shape} differs from scale shape {scale.shape}")
         s32 = scale.astype(np.float32)
-        tiny = np.finfo(scale.dtype).tiny
+        # float32 denormals are fine: onnxruntime's quantize_static writes them for near-zero weight
+        # channels, and its Q/DQ kernels, torch and numpy divide and multiply by them alike (true
+        # division, no reciprocal); float16 ones are refused (not checked against onnxruntime).
+        tiny = np.finfo(np.float16).tiny if scale.dtype == np.float16 else 0.0
         for bad, what in (
             (np.isnan(s32), ""),
             (np.isinf(s32), ""),
             (s32 == 0, ""),
             (s32 < 0, ", scales must be positive"),
-            (np.abs(s32) < tiny, f", a denormal (smallest normal is {tiny:g})"),
+            (np.abs(s32) < tiny, f", a float16 denormal (smallest normal is {tiny:g})"),
         ):
             msg = _first_bad("scale", bad, scale, what)
             if msg:

@@ -462,3 +462,25 @@ def test_no_qdq_is_a_no_op():
         out, report = qdq_passes.run_with_report(model, pass_name)
         assert report.modified is False
         assert _text(onnx_ir.to_proto(out)) == _text(model)
+
+
+def test_denormal_weight_scale_is_accepted_and_round_trips_bit_for_bit(tmp_path):
+    """A denormal weight scale (quantize_static writes one for a near-zero channel, 3.3e-39 on a
+    real model) runs in onnxruntime, so fold, insert, lower and unfold accept it, bit for bit."""
+    from tests.models import conv_relu_model, random_inputs
+
+    float_model = conv_relu_model()
+    qdq = ort_quantize(float_model, tmp_path, extra_options={"AddQDQPairToWeight": True})
+    inits = {t.name: t for t in qdq.graph.initializer}
+    reader = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "conv1_w")
+    scale = numpy_helper.to_array(inits[reader.input[1]]).copy()
+    weight = numpy_helper.to_array(inits["conv1_w"]).copy()
+    scale[2] = np.float32(3.3e-39)
+    weight[2] = np.linspace(-120, 125, weight[2].size).reshape(weight[2].shape).astype(np.float32) * scale[2]
+    inits[reader.input[1]].CopyFrom(numpy_helper.from_array(scale, reader.input[1]))
+    inits["conv1_w"].CopyFrom(numpy_helper.from_array(weight, "conv1_w"))
+    assert 0 < scale[2] < np.finfo(np.float32).tiny
+    feed = random_inputs(float_model, n=1, seed=3)[0]
+    want = run_ort(qdq, feed)
+    for pipeline in ("fold-qdq", "insert-quantizers,lower-qdq,fold-qdq", "fold-qdq,unfold-qdq"):
+        assert_bit_identical(run_ort(run(qdq, pipeline)[0], feed), want)

@@ -78,8 +78,7 @@ def test_from_arrays_defaults_and_conversions() -> None:
         ({"scale": [1.0, -2.0], "axis": 0}, None, r"scale\[1\] is -2.0, scales must be positive"),
         ({"scale": [[1.0, NAN]], "axis": 1, "block_size": 2}, None, r"scale\[0, 1\] is nan"),
         ({"scale": INF}, None, r"scale is inf"),
-        ({"scale": 1e-40}, None, r"scale is .* a denormal"),
-        ({"scale": np.float16(1e-5)}, None, r"a denormal \(smallest normal is 6.1"),
+        ({"scale": np.float16(1e-5)}, None, r"a float16 denormal \(smallest normal is 6.1"),
         ({"scale": [1.0, 2.0], "axis": 0}, (3, 2), r"scale has 2 entries, x has 3 along axis 0"),
         ({"scale": [1.0, 2.0], "axis": 2}, (2, 2), r"axis 2 is out of range for rank 2"),
         (
