@@ -84,6 +84,7 @@ import numpy as np
 import onnx_ir
 
 from qdq_passes.calib import load_calibration
+from qdq_passes.cleanup import infer_shapes
 from qdq_passes.infra.errors import PreconditionFailed, QdqError
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
@@ -241,7 +242,7 @@ class AdaroundPass(QdqPass):
                 or not all(0 < k <= 1 for k in o.shrink)):
             raise QdqError(f"adaround: invalid options {o}")
         calib = load_calibration(o.calib, model, max_samples=o.max_samples or None)
-        onnx_ir.passes.common.ShapeInferencePass()(model)
+        infer_shapes(model, who="adaround")
         partition = BlockPartition.build(model, granularity=o.granularity, min_ops=o.min_ops, max_ops=o.max_ops)
         self.bump("num-blocks", len(partition))
         runner = _Runner(model, partition, calib.inputs, o, self)

@@ -24,6 +24,7 @@ __all__ = [
     "CheckPass",
     "ShapeInferencePass",
     "ConstantsToInitializersPass",
+    "infer_shapes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,45 @@ class CheckPass(QdqPass):
         return onnx_ir.passes.PassResult(model, False)
 
 
+class _Captured(logging.Handler):
+    """Holds the exception onnx_ir's shape inference logs (as a traceback) instead of raising."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.error = record.exc_info[1]
+
+
+def infer_shapes(model: onnx_ir.Model, *, who: str, strict: bool = False, data_prop: bool = True) -> bool:
+    """ONNX shape inference merged into ``model`` (onnx_ir's pass); whether anything changed.
+
+    An exported model onnxruntime runs can still fail inference (``Inferred shape and existing
+    shape differ in rank``): then shapes stay as they were and one warning line names the cause
+    (onnx_ir would log a traceback), or, with ``strict``, a ``QdqError`` says it.
+    """
+    from qdq_passes.infra.errors import QdqError
+
+    captured = _Captured()
+    inner_logger = logging.getLogger(ir_common.ShapeInferencePass.__module__)
+    inner_logger.addHandler(captured)
+    propagate, inner_logger.propagate = inner_logger.propagate, False
+    try:
+        modified = ir_common.ShapeInferencePass(strict_mode=strict, data_prop=data_prop)(model).modified
+    finally:
+        inner_logger.removeHandler(captured)
+        inner_logger.propagate = propagate
+    if captured.error is not None:
+        text = str(captured.error).strip()
+        cause = text.splitlines()[0][:300] if text else type(captured.error).__name__
+        if strict:
+            raise QdqError(f"{who}: shape inference failed: {cause}")
+        logger.warning("%s: shape inference failed, shapes left as they were: %s", who, cause)
+    return modified
+
+
 @dataclasses.dataclass(frozen=True)
 class ShapeInferOptions:
     """Options of ``shape-infer``."""
@@ -129,8 +169,8 @@ class ShapeInferencePass(QdqPass):
     Options = ShapeInferOptions
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
-        inner = ir_common.ShapeInferencePass(strict_mode=self.options.strict, data_prop=self.options.data_prop)
-        return onnx_ir.passes.PassResult(model, inner(model).modified)
+        modified = infer_shapes(model, who=self.argument, strict=self.options.strict, data_prop=self.options.data_prop)
+        return onnx_ir.passes.PassResult(model, modified)
 
 
 @dataclasses.dataclass(frozen=True)

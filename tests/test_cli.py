@@ -270,3 +270,26 @@ def test_int4_models_are_not_written_as_text(tmp_path):
     binary = qdq_opt(str(src), "-p", "fold-qdq", "--binary")
     assert binary.returncode == 0
     assert onnx.load_model_from_string(binary.stdout).graph.node
+
+
+def _rank_conflict_model(path: Path) -> Path:
+    """A Reshape whose recorded shape has another rank than the inferred one; onnxruntime runs it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["r"], name="Reshape_101"), helper.make_node("Relu", ["r"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 2])],
+        [numpy_helper.from_array(np.array([2, 3, 2], np.int64), "s")],
+        value_info=[helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 6])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_shape_inference_failure_is_one_line_not_a_traceback(tmp_path):
+    model = _rank_conflict_model(tmp_path / "rank.onnx")
+    lenient = qdq_opt(str(model), "-o", str(tmp_path / "a.onnx"), "-p", "shape-infer")
+    assert lenient.returncode == 0 and "Traceback" not in lenient.stderr.decode()
+    strict = qdq_opt(str(model), "-o", str(tmp_path / "b.onnx"), "-p", "shape-infer{strict=1}")
+    err = strict.stderr.decode()
+    assert strict.returncode == 1 and "Traceback" not in err and "%s" not in err
+    assert "Reshape_101" in err and "differ in rank" in err and len(err.strip().splitlines()) == 1
