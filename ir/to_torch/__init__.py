@@ -10,11 +10,16 @@ from qdq_passes.ir.to_torch import (  # noqa: F401  (registration on import)
     activations,
     conv,
     elementwise,
+    generate,
+    indexing,
     linear,
     normalization,
+    pad,
     pooling,
     quant,
     reduce,
+    reduce_more,
+    resize,
     shape,
 )
 from qdq_passes.ir.to_torch.module import BlockModule, block_to_module, graph_to_module, tensor_from_numpy
