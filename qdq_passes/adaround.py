@@ -83,9 +83,9 @@ from typing import Literal
 import numpy as np
 import onnx_ir
 
-from qdq_passes.calib import load_calibration
+from qdq_passes.calib import load_calibration, parse_batch_axes
 from qdq_passes.cleanup import infer_shapes
-from qdq_passes.infra.errors import PreconditionFailed, QdqError
+from qdq_passes.infra.errors import OptionError, PreconditionFailed, QdqError
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
@@ -112,6 +112,9 @@ class AdaroundOptions:
     """Options of ``adaround``."""
 
     calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)")
+    calib_batch_axis: tuple[str, ...] = option(
+        (), "NAME=AXIS for calibration inputs whose batch is not on axis 0 (AXIS 'none': one value for "
+        "every sample); qdq-opt --calib-batch-axis fills it")
     iters: int = option(1000, "optimisation steps per block")
     lr: float = option(0.1, "Adam learning rate on alpha (Quark's default; 0.01 lost 1.5 dB on the demo CNN)")
     reg: float = option(0.01, "weight of the rounding regulariser")
@@ -148,6 +151,12 @@ class AdaroundOptions:
         0.2, "for a one-op block compared after a Relu (the Gram form is not exact there): the fraction of "
         "the steps, the last ones, on that exact loss; the steps before optimise the Gram form of the loss "
         "before the Relu (1: every step exact; gram=off: likewise)")
+
+    def __post_init__(self) -> None:
+        try:
+            parse_batch_axes(self.calib_batch_axis)
+        except ValueError as exc:
+            raise OptionError(f"adaround: calib-batch-axis: {exc}") from None
 
 
 @dataclasses.dataclass
@@ -241,7 +250,8 @@ class AdaroundPass(QdqPass):
                 or not 0 <= o.relu_refine <= 1 or not 0 <= o.holdout < 1 or o.polish < 0
                 or not all(0 < k <= 1 for k in o.shrink)):
             raise QdqError(f"adaround: invalid options {o}")
-        calib = load_calibration(o.calib, model, max_samples=o.max_samples or None)
+        calib = load_calibration(o.calib, model, max_samples=o.max_samples or None,
+                                 batch_axes=parse_batch_axes(o.calib_batch_axis))
         infer_shapes(model, who="adaround")
         partition = BlockPartition.build(model, granularity=o.granularity, min_ops=o.min_ops, max_ops=o.max_ops)
         self.bump("num-blocks", len(partition))

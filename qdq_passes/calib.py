@@ -9,10 +9,16 @@ Sources accepted by :func:`load_calibration`:
 
 Each source is checked against the model's graph inputs (inputs backed by an initializer are
 optional): every required input present, no unknown input (with a close-match suggestion), the
-model's dtype exactly, the model's rank, and the model's size on every axis but the first (symbolic
-or unknown dims accept anything). Axis 0 is the batch: its size in the model is not checked (a
-model exported with batch 1 still takes 32 samples), but all inputs must agree on it. Every failure
-raises :class:`CalibrationError`, one line naming the file (or item) and the input.
+model's dtype exactly, the model's rank, and the model's size on every axis but the batch axis
+(symbolic or unknown dims accept anything). The batch axis is axis 0 unless ``batch_axes`` says
+otherwise for an input (a recurrent state ``[2, B, 128]``: 1; a sample rate given once for all
+samples: None). Its size in the model is not checked (a model exported with batch 1 still takes 32
+samples), but all inputs must agree on it. Every failure raises :class:`CalibrationError`, one line
+naming the file (or item) and the input.
+
+:class:`CalibrationData` holds every input with its samples on axis 0, whatever the model's layout:
+an input batched on axis ``k`` is moved there, an input without batch axis is repeated for every
+sample (a stride-0 view); ``batch_axes`` keeps the model's layout to restore.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import onnx_ir
 
 from qdq_passes.infra.errors import QdqError
 
-__all__ = ["CalibrationData", "CalibrationError", "CalibrationSource", "load_calibration"]
+__all__ = ["CalibrationData", "CalibrationError", "CalibrationSource", "load_calibration", "parse_batch_axes"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +51,11 @@ class CalibrationError(QdqError):
 
 @dataclasses.dataclass
 class CalibrationData:
-    """Validated calibration inputs: ``inputs[name]`` holds every sample, batch on axis 0."""
+    """Validated calibration inputs: ``inputs[name]`` holds every sample, batch on axis 0;
+    ``batch_axes[name]`` is the batch axis in the model (None: one value for every sample)."""
 
     inputs: dict[str, np.ndarray]
+    batch_axes: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -58,13 +66,15 @@ class CalibrationData:
         return self.num_samples
 
     def batches(self, batch_size: int, *, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
-        """Feeds of ``batch_size`` samples (views, in order); the last is shorter unless ``drop_last``."""
+        """Feeds of ``batch_size`` samples in the model's layout (views, in order); the last is shorter
+        unless ``drop_last``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         n = self.num_samples
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
+            yield {name: _model_layout(array[start : start + batch_size], self.batch_axes.get(name, 0))
+                   for name, array in self.inputs.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,33 +85,70 @@ class _InputSpec:
     required: bool
 
 
+def parse_batch_axes(entries: Iterable[str]) -> dict[str, int | None]:
+    """``["state=1", "sr=none"]`` -> ``{"state": 1, "sr": None}``; ``ValueError`` naming a bad entry."""
+    axes: dict[str, int | None] = {}
+    for entry in entries:
+        name, sep, axis = entry.rpartition("=")
+        if not sep or not name:
+            raise ValueError(f"batch axis {entry!r}: expected NAME=AXIS (AXIS an integer or 'none')")
+        if axis.lower() == "none":
+            axes[name] = None
+        elif axis.lstrip("-").isdigit():
+            axes[name] = int(axis)
+        else:
+            raise ValueError(f"batch axis {entry!r}: AXIS must be an integer or 'none', got {axis!r}")
+    return axes
+
+
 def load_calibration(
-    source: CalibrationSource, model: onnx_ir.Model, *, max_samples: int | None = None
+    source: CalibrationSource, model: onnx_ir.Model, *, max_samples: int | None = None,
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> CalibrationData:
     """Read and check calibration data for ``model`` (see the module docstring for the sources).
 
-    ``max_samples`` keeps the first samples only (files past it are not read).
+    ``max_samples`` keeps the first samples only (files past it are not read); ``batch_axes``
+    names inputs whose batch is not on axis 0 (None: no batch axis, one value for every sample).
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be at least 1, got {max_samples}")
     specs = _input_specs(model)
+    if isinstance(source, CalibrationData) and batch_axes is None:
+        batch_axes = {name: axis for name, axis in source.batch_axes.items() if axis != 0}
+    axes = dict(batch_axes or {})
+    for name, axis in axes.items():
+        if name not in specs:
+            hint = difflib.get_close_matches(name, list(specs), n=1)
+            tail = f"; did you mean '{hint[0]}'?" if hint else f" (graph inputs: {', '.join(specs) or 'none'})"
+            raise CalibrationError(f"batch axis of unknown input '{name}'{tail}")
+        dims = specs[name].dims
+        if axis is not None and dims is not None and not -len(dims) <= axis < len(dims):
+            raise CalibrationError(f"batch axis {axis} of input '{name}' is out of range for its rank {len(dims)}")
+        if axis is not None and dims is not None:
+            axes[name] = axis % len(dims)
     if isinstance(source, CalibrationData):
-        chunks: Iterable[tuple[str, Mapping[str, Any]]] = [("calibration data", source.inputs)]
-        where = "calibration data"
-    elif isinstance(source, (str, os.PathLike)):
+        source = {name: _model_layout(a, source.batch_axes.get(name, 0)) for name, a in source.inputs.items()}
+    if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         chunks, where = _path_chunks(path), str(path)
     elif isinstance(source, Mapping):
-        chunks, where = [("calibration data", source)], "calibration data"
+        chunks: Iterable[tuple[str, Mapping[str, Any]]] = [("calibration data", source)]
+        where = "calibration data"
     elif isinstance(source, Iterable):
         chunks, where = _iterable_chunks(source), "calibration data"
     else:
         raise CalibrationError(f"calibration data must be an .npz file, a folder or an iterable of dicts, not {type(source).__name__}")
 
     parts: dict[str, list[np.ndarray]] = {}
+    shared: dict[str, np.ndarray] = {}
     total = 0
     for label, feed in chunks:
-        arrays = _check(feed, specs, label)
+        arrays = _check(feed, specs, label, axes)
+        for name in [n for n in arrays if n in axes and axes[n] is None]:
+            value = arrays.pop(name)
+            if name in shared and not np.array_equal(shared[name], value):
+                raise CalibrationError(f"{label}: input '{name}' has no batch axis but differs from the first file's")
+            shared.setdefault(name, value)
         size = next(iter(arrays.values())).shape[0] if arrays else 0
         if max_samples is not None:
             size = min(size, max_samples - total)
@@ -112,10 +159,17 @@ def load_calibration(
         if max_samples is not None and total >= max_samples:
             break
     if total == 0:
-        raise CalibrationError(f"{where}: contains no samples")
+        raise CalibrationError(f"{where}: contains no samples" + (" (every input has batch axis none)" if shared else ""))
     inputs = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0) for name, arrays in parts.items()}
+    inputs.update({name: np.broadcast_to(value[None], (total, *value.shape)) for name, value in shared.items()})
+    inputs = {v.name: inputs[v.name] for v in model.graph.inputs if v.name in inputs}
     logger.debug("calibration data from %s: %d samples of %s", where, total, ", ".join(inputs))
-    return CalibrationData(inputs)
+    return CalibrationData(inputs, {name: axes.get(name, 0) for name in inputs})
+
+
+def _model_layout(array: np.ndarray, axis: int | None) -> np.ndarray:
+    """One input of :class:`CalibrationData` back in the model's layout (the inverse of loading)."""
+    return array[0] if axis is None else np.moveaxis(array, 0, axis)
 
 
 def _input_specs(model: onnx_ir.Model) -> dict[str, _InputSpec]:
@@ -164,8 +218,10 @@ def _iterable_chunks(items: Iterable[Any]) -> Iterator[tuple[str, Mapping[str, A
         yield f"calibration item {k}", item
 
 
-def _check(feed: Mapping[str, Any], specs: dict[str, _InputSpec], where: str) -> dict[str, np.ndarray]:
-    """One chunk checked against the graph inputs; returns the arrays in graph-input order."""
+def _check(feed: Mapping[str, Any], specs: dict[str, _InputSpec], where: str,
+           axes: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+    """One chunk checked against the graph inputs; returns the arrays in graph-input order, each
+    batched one with its batch moved to axis 0."""
     for name in feed:
         if name not in specs:
             hint = difflib.get_close_matches(str(name), list(specs), n=1)
@@ -179,23 +235,36 @@ def _check(feed: Mapping[str, Any], specs: dict[str, _InputSpec], where: str) ->
                 raise CalibrationError(f"{where}: input '{spec.name}' is missing (has: {', '.join(map(str, feed)) or 'nothing'})")
             continue
         array = np.asarray(feed[spec.name])
+        axis = axes.get(spec.name, 0)
         if spec.dtype is not None and array.dtype != spec.dtype:
             raise CalibrationError(f"{where}: input '{spec.name}' is {array.dtype}, the model expects {spec.dtype}")
+        if axis is None:
+            if spec.dims is not None and (array.ndim != len(spec.dims) or any(
+                    d is not None and d != s for d, s in zip(spec.dims, array.shape))):
+                raise CalibrationError(f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model "
+                                       f"expects {_show_dims(spec.dims)} (no batch axis: one value for every sample)")
+            arrays[spec.name] = array
+            continue
         if array.ndim == 0:
-            raise CalibrationError(f"{where}: input '{spec.name}' is a scalar; samples go on axis 0")
+            raise CalibrationError(f"{where}: input '{spec.name}' is a scalar; samples go on axis 0 "
+                                   f"(or declare it without batch axis: --calib-batch-axis {spec.name}=none)")
         if spec.dims is not None:
             if len(spec.dims) == 0:
-                raise CalibrationError(f"{where}: input '{spec.name}' is a scalar in the model, so it has no batch axis")
+                raise CalibrationError(f"{where}: input '{spec.name}' is a scalar in the model, so it has no batch "
+                                       f"axis (declare it: --calib-batch-axis {spec.name}=none)")
             if array.ndim != len(spec.dims):
                 raise CalibrationError(
                     f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects rank "
-                    f"{len(spec.dims)} {_show_dims(spec.dims)} (batch on axis 0)"
+                    f"{len(spec.dims)} {_show_dims(spec.dims)} (batch on axis {axis})"
                 )
-            if any(d is not None and d != s for d, s in zip(spec.dims[1:], array.shape[1:])):
+            if any(d is not None and d != s for k, (d, s) in enumerate(zip(spec.dims, array.shape)) if k != axis):
                 raise CalibrationError(
                     f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects "
-                    f"{_show_dims(spec.dims)} (axis 0 is the batch and may differ)"
+                    f"{_show_dims(spec.dims)} (axis {axis} is the batch and may differ)"
                 )
+        if axis >= array.ndim:
+            raise CalibrationError(f"{where}: input '{spec.name}' has rank {array.ndim}, no batch axis {axis}")
+        array = np.moveaxis(array, axis, 0) if axis else array
         if batch is None:
             batch = (spec.name, array.shape[0])
         elif array.shape[0] != batch[1]:

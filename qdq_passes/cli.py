@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--binary", action="store_true", help="write binary ONNX to stdout instead of ONNX text")
     p.add_argument("--calib", metavar="PATH",
                    help="calibration data (.npz, folder of .npz) for passes with a 'calib' option")
+    p.add_argument("--calib-batch-axis", metavar="NAME=AXIS", action="append", default=[],
+                   help="the batch axis of calibration input NAME when not 0 ('none': one value for every "
+                        "sample, e.g. a sample rate); repeatable; fills 'calib-batch-axis'")
     p.add_argument("--float-model", metavar="PATH",
                    help="reference float model for passes with a 'float-model' option")
     p.add_argument("--device", metavar="DEVICE", help="torch device (cpu, cuda) for passes with a 'device' option")
@@ -116,6 +119,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for key, value in (("calib", args.calib), ("float-model", args.float_model), ("device", args.device)):
         if value is not None:
             defaults[key] = value
+    if args.calib_batch_axis:
+        defaults["calib-batch-axis"] = list(args.calib_batch_axis)
     pipeline = qdq_passes.parse_pipeline(args.pipeline, defaults=defaults)
     for name in [*args.print_ir_before, *args.print_ir_after]:
         get_pass(name)

@@ -27,7 +27,7 @@ import onnx
 import onnx.version_converter
 import onnx_ir
 
-from qdq_passes.calib import CalibrationData, load_calibration
+from qdq_passes.calib import CalibrationData, load_calibration, parse_batch_axes
 from qdq_passes.cleanup import ConstantsToInitializersPass
 from qdq_passes.infra.errors import OptionError, PreconditionFailed, QuantizationError
 from qdq_passes.infra.options import option
@@ -78,7 +78,16 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = option((), "node names or op types left in float")
     keep_float_weights: bool = option(True, "weights as float Q->DQ pairs (what AdaRound needs); false: stored codes")
     calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)")
+    calib_batch_axis: tuple[str, ...] = option(
+        (), "NAME=AXIS for calibration inputs whose batch is not on axis 0 (AXIS 'none': one value for "
+        "every sample); qdq-opt --calib-batch-axis fills it")
     max_samples: int = option(0, "use at most this many calibration samples (0: all)")
+
+    def __post_init__(self) -> None:
+        try:
+            parse_batch_axes(self.calib_batch_axis)
+        except ValueError as exc:
+            raise OptionError(f"quantize: calib-batch-axis: {exc}") from None
 
 
 @dataclasses.dataclass
@@ -161,7 +170,8 @@ class QuantizePass(QdqPass):
         data = None
         if opts.acts != "none":
             assert opts.calib is not None
-            data = load_calibration(opts.calib, model, max_samples=opts.max_samples or None)
+            data = load_calibration(opts.calib, model, max_samples=opts.max_samples or None,
+                                    batch_axes=parse_batch_axes(opts.calib_batch_axis))
 
         ConstantsToInitializersPass()(model)
         _convert_opset(model)

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir
 import pytest
 
-from qdq_passes.calib import CalibrationData, CalibrationError, load_calibration
+from qdq_passes.calib import CalibrationData, CalibrationError, load_calibration, parse_batch_axes
 from qdq_passes.infra.errors import QdqError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -195,3 +195,55 @@ def test_bad_items_and_sources(cnn):
         load_calibration(EXAMPLES / "calib.npz", cnn, max_samples=0)
     with pytest.raises(ValueError):
         next(load_calibration(EXAMPLES / "calib.npz", cnn).batches(0))
+
+
+def _recurrent_model() -> onnx_ir.Model:
+    """Inputs as silero-vad has them: audio [B, T], a state [2, B, 4], a scalar sample rate."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "vad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "B", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8])])
+    return onnx_ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_batch_axes_move_the_batch_to_axis_0_and_back():
+    model = _recurrent_model()
+    x = np.arange(5 * 8, dtype=np.float32).reshape(5, 8)
+    state = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    feed = {"x": x, "state": state, "sr": np.array(16000, np.int64)}
+    data = load_calibration(feed, model, batch_axes=parse_batch_axes(["state=1", "sr=none"]))
+    assert data.num_samples == 5 and data.batch_axes == {"x": 0, "state": 1, "sr": None}
+    np.testing.assert_array_equal(data.inputs["state"][3], state[:, 3])
+    assert data.inputs["sr"].shape == (5,) and data.inputs["sr"].strides == (0,)  # one value, not copied
+    first, second = data.batches(3)
+    assert first["state"].shape == (2, 3, 4) and first["sr"].shape == () and second["x"].shape == (2, 8)
+    np.testing.assert_array_equal(second["state"], state[:, 3:])
+    again = load_calibration(data, model, max_samples=2)  # a CalibrationData keeps its layout
+    assert again.batch_axes == data.batch_axes and again.inputs["state"].shape == (2, 2, 4)
+
+
+@pytest.mark.parametrize(
+    ("axes", "message"),
+    [
+        (["state=1"], r"input 'sr' is a scalar; samples go on axis 0 \(or declare it without batch axis: --calib-batch-axis sr=none\)"),
+        ([], r"input 'state' has 2 samples but 'x' has 5"),
+        (["sr=none", "state=0"], r"input 'state' has 2 samples but 'x' has 5"),
+        (["sr=none", "state=3"], r"batch axis 3 of input 'state' is out of range for its rank 3"),
+        (["sr=none", "state=1", "stat=1"], r"batch axis of unknown input 'stat'; did you mean 'state'\?"),
+    ],
+)
+def test_batch_axis_errors_name_the_input(axes, message):
+    feed = {"x": np.zeros((5, 8), np.float32), "state": np.zeros((2, 5, 4), np.float32), "sr": np.array(16000, np.int64)}
+    with pytest.raises(CalibrationError, match=message):
+        load_calibration(feed, _recurrent_model(), batch_axes=parse_batch_axes(axes))
+
+
+def test_parse_batch_axes_refuses_bad_entries():
+    with pytest.raises(ValueError, match=r"batch axis 'state': expected NAME=AXIS"):
+        parse_batch_axes(["state"])
+    with pytest.raises(ValueError, match=r"AXIS must be an integer or 'none', got 'one'"):
+        parse_batch_axes(["state=one"])

@@ -51,7 +51,7 @@ class Pipeline:
         return hash(str(self))
 
 
-def parse_pipeline(text: str, *, defaults: dict[str, str] | None = None) -> Pipeline:
+def parse_pipeline(text: str, *, defaults: dict[str, RawValue] | None = None) -> Pipeline:
     """Parse pipeline text into configured passes; raise a caret-annotated error on bad text.
 
     ``defaults`` maps option keys to values applied to every pass that declares that option and
@@ -61,7 +61,7 @@ def parse_pipeline(text: str, *, defaults: dict[str, str] | None = None) -> Pipe
 
 
 class _Parser:
-    def __init__(self, text: str, defaults: dict[str, str]) -> None:
+    def __init__(self, text: str, defaults: dict[str, RawValue]) -> None:
         self.text = text
         self.pos = 0
         self.defaults = defaults
