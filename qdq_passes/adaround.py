@@ -83,14 +83,22 @@ from typing import Literal
 import numpy as np
 import onnx_ir
 
-from qdq_passes.calib import load_calibration, parse_batch_axes
+from qdq_passes.calib import CalibrationData, load_calibration, parse_batch_axes
 from qdq_passes.cleanup import infer_shapes
 from qdq_passes.infra.errors import OptionError, PreconditionFailed, QdqError
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
-from qdq_passes.block_onnxruntime import BlockSession, block_model, float_clamp, prefix_model, zero_based
+from qdq_passes.block_onnxruntime import (
+    BlockSession,
+    batch_axis,
+    block_model,
+    float_clamp,
+    model_layout,
+    prefix_model,
+    zero_based,
+)
 from qdq_passes.ir.blocks import Block, BlockPartition, is_shape_node
 from qdq_passes.ir.qdq import constant_array, node_label
 from qdq_passes.runtime import configured_torch, ort_session_options
@@ -255,7 +263,7 @@ class AdaroundPass(QdqPass):
         infer_shapes(model, who="adaround")
         partition = BlockPartition.build(model, granularity=o.granularity, min_ops=o.min_ops, max_ops=o.max_ops)
         self.bump("num-blocks", len(partition))
-        runner = _Runner(model, partition, calib.inputs, o, self)
+        runner = _Runner(model, partition, calib, o, self)
         runner.run()
         dialect.ensure_functions(model)
         return onnx_ir.passes.PassResult(model, True)
@@ -301,7 +309,7 @@ class _Cache:
 class _Runner:
     """Walks the blocks in order, keeping the float and quantized activations they need."""
 
-    def __init__(self, model: onnx_ir.Model, partition: BlockPartition, inputs: dict[str, np.ndarray],
+    def __init__(self, model: onnx_ir.Model, partition: BlockPartition, calib: CalibrationData,
                  options: AdaroundOptions, pass_: AdaroundPass) -> None:
         self.torch = configured_torch()
         self.model = model
@@ -316,8 +324,13 @@ class _Runner:
         for block in partition:
             for value in block.inputs:
                 self.remaining[value] = self.remaining.get(value, 0) + 1
-        self.calib = inputs
+        inputs = calib.inputs
+        self.calib = calib
         by_name = {v.name: v for v in model.graph.inputs}
+        #: where the model holds each cached value's batch (the cache holds samples on axis 0; None:
+        #: one value shared by the samples); blocks with another layout than axis 0 everywhere
+        self.axes: dict[onnx_ir.Value, int | None] = {by_name[k]: a for k, a in calib.batch_axes.items()}
+        self.layout_blocks: set[int] = set()
         for name, array in inputs.items():
             value = by_name[name]
             array = np.ascontiguousarray(array)
@@ -352,8 +365,9 @@ class _Runner:
             fmod = self._module(block, self._float_quantizer)
             saved_stats, saved_reports = dict(self.pass_.stats), len(self.pass_.reports)
             try:
+                self._batch_layout(block, qmod, fmod)
                 self._process(block, qmod, fmod, ada_nodes, ops, start, tqdm)
-            except RuntimeError as exc:
+            except (RuntimeError, ValueError) as exc:
                 self.pass_.stats.update(saved_stats)
                 del self.pass_.reports[saved_reports:]
                 # torch could build the block but not run it on these data (e.g. a shape tensor
@@ -375,6 +389,28 @@ class _Runner:
 
         return block_to_module(block.nodes, block.inputs, block.outputs, opset_imports=self.model.opset_imports,
                                quantizer_module=quantizer_module).to(self.device)
+
+    def _batch_layout(self, block: Block, qmod, fmod) -> None:  # noqa: ANN001
+        """Find where the block's outputs hold the batch (running the float block on one sample and
+        on two) and, unless every input and output holds it on axis 0, have both modules take and
+        give samples on axis 0 (``BlockModule.set_batch_layout``)."""
+        torch = self.torch
+        in_axes = [self.axes.get(v, 0) for v in block.inputs]
+        feeds = [self.float.get(v) for v in block.inputs]
+        n = next((f.shape[0] for f, a in zip(feeds, in_axes) if a is not None), 0)
+        out_axes: list[int | None] = [0] * len(block.outputs)
+        if n >= 2 and block.outputs:
+            with torch.no_grad():
+                runs = []
+                for stop in (1, 2):
+                    out = fmod(*[self._tensor(model_layout(f, 0, stop, a)) for f, a in zip(feeds, in_axes)])
+                    runs.append(out if isinstance(out, tuple) else (out,))
+            out_axes = [batch_axis(a.shape, b.shape, v.name) for a, b, v in zip(*runs, block.outputs)]
+        self.axes.update(zip(block.outputs, out_axes))
+        if any(a != 0 for a in [*in_axes, *out_axes]):
+            self.layout_blocks.add(block.index)
+            qmod.set_batch_layout(in_axes, out_axes)
+            fmod.set_batch_layout(in_axes, out_axes)
 
     def _plan_fallbacks(self, blocks: list[Block]) -> dict[int, str]:
         """Before any training: the blocks torch cannot convert, each with its cause (warned, once)."""
@@ -532,20 +568,24 @@ class _Runner:
         mse_nearest = full_mse()
         initial = [q.alpha.detach().clone() for _, q in quantizers]
         params = [q.alpha for _, q in quantizers]
-        split = _Split(block, quantizers, self.model.opset_imports, self.device)
+        layout = block.index in self.layout_blocks
+        split = _Split(block, quantizers, self.model.opset_imports, self.device, cut=not layout)
         frontier = split.frontier(train_inputs, self.eval_chunk)
         if frontier is None:  # a value crossing the cut has no batch axis: run the whole block per step
             split = _Split(block, quantizers, self.model.opset_imports, self.device, cut=False)
             frontier = split.frontier(train_inputs, self.eval_chunk)
+        if layout:  # the batch elsewhere than on axis 0: the whole block per step, no fast path
+            split.module.set_batch_layout([self.axes.get(v, 0) for v in block.inputs],
+                                          [self.axes[block.outputs[i]] for i in split.trained_outputs])
         kept = split.trained_outputs
         tgts = [targets[i] for i in kept]
         relus = [transforms[i] for i in kept]
         # The targets never change: their Relu (when the loss compares after one) is taken once.
         tgts = [torch.nn.functional.relu(t) if r else t for t, r in zip(tgts, relus)]
         weights = [_SoftWeight(node, q, self.device) for node, q in quantizers]
-        gram = self._gram(block, split, frontier, weights, tgts, relus)
+        gram = None if layout else self._gram(block, split, frontier, weights, tgts, relus)
         gram_steps = o.iters if gram is not None else 0
-        if gram is None and relus == [True] and o.relu_refine < 1:
+        if gram is None and relus == [True] and o.relu_refine < 1 and not layout:
             # Compared after a Relu: the Gram form of the loss before it for the first steps.
             gram = self._gram(block, split, frontier, weights, [targets[i] for i in kept], [False],
                               surrogate=True)
@@ -553,7 +593,7 @@ class _Runner:
         per_sample, constants = frontier
         n = per_sample[0].shape[0] if per_sample else train_inputs[0].shape[0]
         batch = min(o.batch_size, n)
-        conv = None if gram_steps == o.iters else self._conv_fast(split, frontier, weights, tgts, relus, batch)
+        conv = None if gram_steps == o.iters or layout else self._conv_fast(split, frontier, weights, tgts, relus, batch)
         warm = int(o.warm_start * o.iters)
         beta_start, beta_end = o.beta
         betas = [beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos((it - warm) / max(1, o.iters - warm) * math.pi))
@@ -785,19 +825,22 @@ class _Runner:
         """Both paths' outputs of a block torch cannot run, by onnxruntime: the block cut out as a
         model of its own, or, where that fails (a value crossing the cut without a batch axis),
         the model's prefix up to the block from the calibration inputs."""
+        in_axes = [self.axes.get(v, 0) for v in block.inputs]
         try:
-            results = [self._block_session(block, path).run([cache.get(v) for v in block.inputs])
+            results = [self._block_session(block, path).run([cache.get(v) for v in block.inputs], in_axes)
                        for cache, path in ((self.quant, False), (self.float, True))]
         except Exception as exc:  # noqa: BLE001 - the prefix is the last resort
             logger.info("adaround: block %d: onnxruntime on the block alone failed (%s); running the model's prefix",
                         block.index, _first_line(exc))
-            graph_inputs = list(self.model.graph.inputs)
+            graph_inputs = [v for v in self.model.graph.inputs if v.name in self.calib.inputs]
+            feeds = [self.calib.inputs[v.name] for v in graph_inputs]
+            axes = [self.calib.batch_axes.get(v.name, 0) for v in graph_inputs]
             results = []
             for path in (False, True):
                 proto = prefix_model(self.model, block.outputs, float_path=path)
-                session = BlockSession(proto, graph_inputs, block.outputs)
-                results.append(session.run([self.calib[v.name] for v in graph_inputs]))
-        for cache, outs in zip((self.quant, self.float), results):
+                results.append(BlockSession(proto, graph_inputs, block.outputs).run(feeds, axes))
+        for cache, (outs, out_axes) in zip((self.quant, self.float), results):
+            self.axes.update(zip(block.outputs, out_axes))
             for value, out in zip(block.outputs, outs):
                 cache.put(value, out)
 

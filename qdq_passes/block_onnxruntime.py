@@ -24,7 +24,28 @@ from qdq_passes.ir import dialect
 from qdq_passes.ir.qdq import constant_array, node_label
 from qdq_passes.runtime import ort_session_options
 
-__all__ = ["BlockSession", "block_model", "float_clamp", "prefix_model", "zero_based"]
+__all__ = ["BlockSession", "batch_axis", "block_model", "float_clamp", "model_layout", "prefix_model", "zero_based"]
+
+
+def batch_axis(one: Sequence[int], two: Sequence[int], name: str) -> int | None:
+    """The batch axis of a value from its shapes on 1 and on 2 samples (None: it has none, the
+    samples share it); ``ValueError`` naming it when no single axis grows from 1 to 2."""
+    if len(one) == len(two):
+        grown = [k for k, (a, b) in enumerate(zip(one, two)) if a != b]
+        if not grown:
+            return None
+        if len(grown) == 1 and one[grown[0]] == 1 and two[grown[0]] == 2:
+            return grown[0]
+    raise ValueError(f"value {name!r} has shape {list(one)} on 1 sample and {list(two)} on 2: no batch axis "
+                     "found (declare the inputs' batch axes with --calib-batch-axis)")
+
+
+def model_layout(array: np.ndarray, start: int, stop: int, axis: int | None) -> np.ndarray:
+    """Samples ``start:stop`` of a cached value (samples on axis 0) in the model's layout."""
+    if axis is None:
+        return array[0, ...]  # a 0-d array, not a numpy scalar
+    part = array[start:stop]
+    return np.moveaxis(part, 0, axis) if axis else part
 
 
 def zero_based(node: onnx_ir.Node) -> bool:
@@ -158,7 +179,8 @@ def prefix_model(model: onnx_ir.Model, outputs: Sequence[onnx_ir.Value], *, floa
 
 class BlockSession:
     """An onnxruntime session of a block (or prefix) model, run one sample at a time (the cut may
-    have fixed a batch of 1 into its reshapes)."""
+    have fixed a batch of 1 into its reshapes); values are given and returned with their samples on
+    axis 0, ``input_axes`` saying where the model holds each input's batch (None: shared)."""
 
     def __init__(self, proto: onnx.ModelProto, inputs: Sequence[onnx_ir.Value], outputs: Sequence[onnx_ir.Value]) -> None:
         import onnxruntime
@@ -168,12 +190,43 @@ class BlockSession:
         self.session = onnxruntime.InferenceSession(proto.SerializeToString(), ort_session_options(),
                                                     providers=["CPUExecutionProvider"])
 
-    def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One array per output, the samples (axis 0 of every feed) concatenated."""
-        n = feeds[0].shape[0] if feeds else 1
+    def _run(self, feeds: Sequence[np.ndarray], axes: Sequence[int | None], start: int, stop: int) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {
+            name: model_layout(f, start, stop, a) for name, f, a in zip(self.input_names, feeds, axes)})
+
+    def output_axes(self, feeds: Sequence[np.ndarray], axes: Sequence[int | None]) -> list[int | None]:
+        """Each output's batch axis, from a run on one sample and one on two (axis 0 where every
+        input has its batch there and the model takes one sample only)."""
+        n = _num_samples(feeds, axes)
+        if n < 2:
+            return [0] * len(self.output_names)
+        one = self._run(feeds, axes, 0, 1)
+        try:
+            two = self._run(feeds, axes, 0, 2)
+        except Exception:  # noqa: BLE001 - a model fixed to one sample
+            if all(a == 0 for a in axes):
+                return [0] * len(self.output_names)
+            raise
+        return [batch_axis(a.shape, b.shape, name) for a, b, name in zip(one, two, self.output_names)]
+
+    def run(self, feeds: Sequence[np.ndarray], axes: Sequence[int | None] | None = None
+            ) -> tuple[list[np.ndarray], list[int | None]]:
+        """Every output over all samples (samples on axis 0), and its batch axis in the model."""
+        axes = list(axes) if axes is not None else [0] * len(feeds)
+        out_axes = self.output_axes(feeds, axes)
+        n = _num_samples(feeds, axes)
         results: list[list[np.ndarray]] = [[] for _ in self.output_names]
         for i in range(n):
-            outs = self.session.run(self.output_names, {k: f[i:i + 1] for k, f in zip(self.input_names, feeds)})
-            for r, out in zip(results, outs):
-                r.append(out)
-        return [np.concatenate(r) for r in results]
+            for r, out, axis in zip(results, self._run(feeds, axes, i, i + 1), out_axes):
+                if axis is None:
+                    if not r:
+                        r.append(out)
+                else:
+                    r.append(np.moveaxis(out, axis, 0) if axis else out)
+        outputs = [np.broadcast_to(r[0][None], (n, *r[0].shape)) if axis is None else np.concatenate(r)
+                   for r, axis in zip(results, out_axes)]
+        return outputs, out_axes
+
+
+def _num_samples(feeds: Sequence[np.ndarray], axes: Sequence[int | None]) -> int:
+    return next((f.shape[0] for f, a in zip(feeds, axes) if a is not None), feeds[0].shape[0] if feeds else 1)

@@ -169,7 +169,7 @@ def load_calibration(
 
 def _model_layout(array: np.ndarray, axis: int | None) -> np.ndarray:
     """One input of :class:`CalibrationData` back in the model's layout (the inverse of loading)."""
-    return array[0] if axis is None else np.moveaxis(array, 0, axis)
+    return array[0, ...] if axis is None else np.moveaxis(array, 0, axis)
 
 
 def _input_specs(model: onnx_ir.Model) -> dict[str, _InputSpec]:

@@ -492,3 +492,62 @@ def test_float_path_restores_the_clip_onnxruntime_folded_into_a_quantizer(tmp_pa
     assert reached, sorted(float_out)
     want = run_ort(float_model, {"x": x})[0]
     assert sqnr_db(want, float_out[reached[0]]) > 60
+
+
+def _recurrent_state_model() -> onnx.ModelProto:
+    """What silero-vad's inputs look like: audio ``x [B, 8]``, a state ``[2, B, 4]`` (batch on axis
+    1) and a scalar sample rate; a value ``[2, B, 4]`` crosses blocks, the state is an output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+             for name, shape in (("w0", (8, 8)), ("w1", (4, 4)), ("w2", (8, 8)))]
+    inits += [numpy_helper.from_array(np.array([0, 2, 4], np.int64), "to3"),
+              numpy_helper.from_array(np.array([0, 8], np.int64), "to2"),
+              numpy_helper.from_array(np.array(1e-4, np.float32), "k")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Reshape", ["r", "to3"], ["t"]),
+        helper.make_node("Transpose", ["t"], ["q"], perm=[1, 0, 2]),
+        helper.make_node("Add", ["q", "state"], ["u"]),
+        helper.make_node("MatMul", ["u", "w1"], ["new_state"]),
+        helper.make_node("Transpose", ["new_state"], ["v"], perm=[1, 0, 2]),
+        helper.make_node("Reshape", ["v", "to2"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["g"]),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["srf", "k"], ["bias"]),
+        helper.make_node("Add", ["g", "bias"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "state",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "B", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8]),
+         helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [2, "B", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_batch_off_axis_0_and_a_scalar_input_are_carried_through_the_blocks(tmp_path):
+    """``--calib-batch-axis state=1 sr=none``: the state's batch on axis 1, a value [2, B, 4]
+    crossing blocks, a sample rate shared by the samples; every block trains, every weight is
+    rounded, and the result runs in onnxruntime close to the float model."""
+    float_model = _recurrent_state_model()
+    rng = np.random.default_rng(0)
+    n = 24
+    feeds = {"x": rng.standard_normal((n, 8)).astype(np.float32),
+             "state": rng.standard_normal((2, n, 4)).astype(np.float32), "sr": np.array(16000, np.int64)}
+    calib = save_npz(tmp_path / "calib.npz", feeds)
+    qdq_passes.configure(threads=1, seed=0)
+    axes = '["state=1","sr=none"]'
+    quantized = qdq_passes.run(_load(float_model), f"quantize{{calib-batch-axis={axes}}},insert-quantizers{{weights=adaround}}",
+                               calib=str(calib))
+    ada = AdaroundPass(calib=str(calib), calib_batch_axis=("state=1", "sr=none"), iters=30, threads=1, max_ops=1)
+    assert ada(quantized).modified
+    assert ada.stats["num-blocks-skipped"] == 0, [r.line() for r in ada.reports]
+    assert ada.stats["num-weights-rounded"] == 3
+    lowered = onnx_ir.to_proto(qdq_passes.run(quantized, "lower-qdq,fold-qdq"))
+    want = run_ort(float_model, feeds)
+    got = run_ort(lowered, feeds)
+    assert sqnr_db(want[0], got[0]) > 20 and sqnr_db(want[1], got[1]) > 20

@@ -91,6 +91,35 @@ class BlockModule(nn.Module):
         self._const_slots: list[tuple[int, str]] = []
         self._n_slots = 1
         self._template: list[Any] = [None]
+        self._input_axes: tuple[int | None, ...] | None = None
+        self._output_axes: tuple[int | None, ...] = ()
+
+    def set_batch_layout(self, input_axes: Sequence[int | None], output_axes: Sequence[int | None]) -> BlockModule:
+        """Take inputs and give outputs with their samples on axis 0 where the block's values hold
+        the batch elsewhere (a recurrent state ``[2, B, H]``, a sequence-first ``[T, B, C]``).
+
+        Input ``i`` is moved from axis 0 to ``input_axes[i]`` (None: one value shared by all samples,
+        the first is taken; inputs past the list pass unchanged); output ``j`` from
+        ``output_axes[j]`` to axis 0 (None: shared, repeated for each sample as a stride-0 view).
+        """
+        self._input_axes = tuple(input_axes)
+        self._output_axes = tuple(output_axes)
+        return self
+
+    def _to_block_layout(self, inputs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+        assert self._input_axes is not None
+        moved, n = list(inputs), 1
+        for i, axis in enumerate(self._input_axes):
+            if axis is None:
+                moved[i] = inputs[i][0]
+            else:
+                n = inputs[i].shape[0]
+                moved[i] = inputs[i].movedim(0, axis) if axis else inputs[i]
+        return moved, n
+
+    def _from_block_layout(self, outputs: Sequence[torch.Tensor], n: int) -> list[torch.Tensor]:
+        return [y.unsqueeze(0).expand(n, *y.shape) if axis is None else y.movedim(axis, 0) if axis else y
+                for y, axis in zip(outputs, self._output_axes)]
 
     def _refresh(self) -> None:
         """Rebuild the slot template from the current buffers (after ``to()``, ``float()``, ...)."""
@@ -120,6 +149,14 @@ class BlockModule(nn.Module):
         """Evaluate the block on its inputs (in ``input_names`` order)."""
         if len(inputs) != len(self._input_slots):
             raise TypeError(f"block takes {len(self._input_slots)} inputs {self.input_names}, got {len(inputs)}")
+        if self._input_axes is None:
+            return self._evaluate(inputs)
+        moved, n = self._to_block_layout(inputs)
+        out = self._evaluate(moved)
+        outs = self._from_block_layout(out if isinstance(out, tuple) else (out,), n)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _evaluate(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         env = self._template.copy()
         for slot, x in zip(self._input_slots, inputs):
             env[slot] = x
@@ -139,6 +176,8 @@ class BlockModule(nn.Module):
     def peak_bytes(self, *inputs: torch.Tensor) -> int:
         """The most bytes of intermediate tensors alive at once while evaluating ``inputs``
         (no autograd; constants and the inputs themselves not counted): to size evaluation chunks."""
+        if self._input_axes is not None:
+            inputs = tuple(self._to_block_layout(inputs)[0])
         env = self._template.copy()
         for slot, x in zip(self._input_slots, inputs):
             env[slot] = x
