@@ -76,7 +76,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import networkx as nx
@@ -94,6 +94,7 @@ __all__ = [
     "TRAILING_OPS",
     "SHAPE_OPS",
     "is_shape_node",
+    "merge_blocks",
     "op_name",
 ]
 
@@ -170,6 +171,30 @@ class Block:
         ins = ", ".join(_value_name(v) for v in self.inputs)
         outs = ", ".join(_value_name(v) for v in self.outputs)
         return f"block {self.index}: ops=[{ops}] weighted={len(self.weighted)} inputs=[{ins}] outputs=[{outs}]"
+
+
+def merge_blocks(first: Block, second: Block, read_after: Callable[[onnx_ir.Value], bool]) -> Block:
+    """``first`` and the block right after it as one block (numbered as ``first``): what crosses
+    between them becomes internal, an output of ``first`` stays an output where ``read_after`` says
+    a later block (or the graph) reads it."""
+    order = {node: i for i, node in enumerate(first.nodes[0].graph)} if first.nodes and first.nodes[0].graph else {}
+    nodes = list(dict.fromkeys([*first.nodes, *second.nodes]))
+    if order:
+        nodes.sort(key=lambda n: order.get(n, len(order)))
+    made = {v for n in nodes for v in n.outputs}
+    inputs = list(dict.fromkeys(v for v in [*first.inputs, *second.inputs] if v not in made))
+    outputs = [v for v in first.outputs if v.is_graph_output() or read_after(v)]
+    outputs += [v for v in second.outputs if v not in outputs]
+    constant = {*first.constant_nodes, *second.constant_nodes}
+    return Block(
+        index=first.index,
+        nodes=nodes,
+        inputs=inputs,
+        outputs=outputs,
+        weighted=[*first.weighted, *second.weighted],
+        constants=list(dict.fromkeys([*first.constants, *second.constants])),
+        constant_nodes=[n for n in nodes if n in constant],
+    )
 
 
 class BlockPartition:

@@ -92,6 +92,7 @@ from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
 from qdq_passes.block_onnxruntime import (
     BlockSession,
+    NoBatchAxis,
     batch_axis,
     block_model,
     float_clamp,
@@ -99,7 +100,7 @@ from qdq_passes.block_onnxruntime import (
     prefix_model,
     zero_based,
 )
-from qdq_passes.ir.blocks import Block, BlockPartition, is_shape_node
+from qdq_passes.ir.blocks import Block, BlockPartition, is_shape_node, merge_blocks
 from qdq_passes.ir.qdq import constant_array, node_label
 from qdq_passes.runtime import configured_torch, ort_session_options
 
@@ -349,40 +350,76 @@ class _Runner:
             tqdm = None
         blocks = list(self.partition)
         fallback = self._plan_fallbacks(blocks)
-        for block in blocks:
-            start = time.perf_counter()
-            ops = ",".join(n.op_type for n in block.weighted) or "-"
-            ada_nodes = [n for n in block.nodes if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
-                         and not dialect.quantizer_params(n).q_folded]
-            missing = [v for v in block.inputs if v not in self.quant.arrays]
-            if missing:
-                self._skip(block, ops, start, f"its input {missing[0].name!r} could not be evaluated", run=False)
-                continue
-            if block.index in fallback:
-                self._skip(block, ops, start, fallback[block.index], warn=False)  # warned up front
-                continue
-            qmod = self._module(block, materialize)
-            fmod = self._module(block, self._float_quantizer)
-            saved_stats, saved_reports = dict(self.pass_.stats), len(self.pass_.reports)
+        i = 0
+        while i < len(blocks):
+            block = blocks[i]
             try:
-                self._batch_layout(block, qmod, fmod)
-                self._process(block, qmod, fmod, ada_nodes, ops, start, tqdm)
-            except (RuntimeError, ValueError) as exc:
-                self.pass_.stats.update(saved_stats)
-                del self.pass_.reports[saved_reports:]
-                # torch could build the block but not run it on these data (e.g. a shape tensor
-                # without a batch axis crossing blocks): keep nearest rounding, use onnxruntime.
-                for node in ada_nodes:
-                    materialize(node, refresh=True)
-                for value in block.outputs:
-                    self.quant.drop(value)
-                    self.float.drop(value)
-                self._skip(block, ops, start, f"torch could not run it: {_first_line(exc)}")
-                continue
-            self._progress(self.pass_.reports[-1])
-            self._release(block)
+                self._block(block, fallback, tqdm)
+            except NoBatchAxis as exc:
+                if i + 1 == len(blocks):
+                    self._skip(block, self._ops(block), time.perf_counter(), str(exc), run=False)
+                else:  # the value is cut where it has no batch axis ([T * B, C]): one block with the next
+                    logger.info("adaround: block %d merged with block %d (%s)", block.index, blocks[i + 1].index, exc)
+                    blocks[i:i + 2] = [self._merge(block, blocks[i + 1], fallback)]
+                    continue
+            i += 1
         self.quant.close()
         self.float.close()
+
+    @staticmethod
+    def _ops(block: Block) -> str:
+        return ",".join(n.op_type for n in block.weighted) or "-"
+
+    def _block(self, block: Block, fallback: dict[int, str], tqdm) -> None:  # noqa: ANN001
+        """Train, skip or evaluate one block; raises :class:`NoBatchAxis` (nothing done) when an
+        output has no batch axis."""
+        from qdq_passes.quantizers import materialize
+
+        start = time.perf_counter()
+        ops = self._ops(block)
+        ada_nodes = [n for n in block.nodes if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
+                     and not dialect.quantizer_params(n).q_folded]
+        missing = [v for v in block.inputs if v not in self.quant.arrays]
+        if missing:
+            self._skip(block, ops, start, f"its input {missing[0].name!r} could not be evaluated", run=False)
+            return
+        if block.index in fallback:
+            self._skip(block, ops, start, fallback[block.index], warn=False)  # warned up front
+            return
+        qmod = self._module(block, materialize)
+        fmod = self._module(block, self._float_quantizer)
+        saved_stats, saved_reports = dict(self.pass_.stats), len(self.pass_.reports)
+        try:
+            self._batch_layout(block, qmod, fmod)
+            self._process(block, qmod, fmod, ada_nodes, ops, start, tqdm)
+        except NoBatchAxis:
+            raise
+        except (RuntimeError, ValueError) as exc:
+            self.pass_.stats.update(saved_stats)
+            del self.pass_.reports[saved_reports:]
+            # torch could build the block but not run it on these data (e.g. a shape tensor
+            # without a batch axis crossing blocks): keep nearest rounding, use onnxruntime.
+            for node in ada_nodes:
+                materialize(node, refresh=True)
+            for value in block.outputs:
+                self.quant.drop(value)
+                self.float.drop(value)
+            self._skip(block, ops, start, f"torch could not run it: {_first_line(exc)}")
+            return
+        self._progress(self.pass_.reports[-1])
+        self._release(block)
+
+    def _merge(self, first: Block, second: Block, fallback: dict[int, str]) -> Block:
+        """``first`` and ``second`` as one block; the reader counts and the fallback plan follow."""
+        merged = merge_blocks(first, second, lambda v: self.remaining.get(v, 0) > (1 if v in second.inputs else 0))
+        for v in second.inputs:  # second's reads are now the merged block's, counted once
+            if v in first.outputs or v in first.inputs:
+                self.remaining[v] -= 1
+        cause = fallback.pop(first.index, None) or fallback.pop(second.index, None)
+        fallback.pop(second.index, None)
+        if cause is not None:
+            fallback[merged.index] = cause
+        return merged
 
     def _module(self, block: Block, quantizer_module):  # noqa: ANN001, ANN202
         from qdq_passes.ir.to_torch import block_to_module
@@ -432,14 +469,16 @@ class _Runner:
     def _skip(self, block: Block, ops: str, start: float, cause: str, run: bool = True, warn: bool = True) -> None:
         """A block not trained: its weights keep nearest rounding, its outputs come from
         onnxruntime (``run``); reported with its cause, never the end of the run."""
-        self.pass_.bump("num-blocks-skipped")
         path = "onnxruntime" if run else "none"
         if run:
             try:
                 self._run_with_onnxruntime(block)
+            except NoBatchAxis:
+                raise
             except Exception as exc:  # noqa: BLE001 - reported as the cause, the run goes on
                 path = "none"
                 cause = f"{cause}; onnxruntime could not evaluate it either: {_first_line(exc)}"
+        self.pass_.bump("num-blocks-skipped")
         report = BlockReport(block.index, ops, 0, math.nan, math.nan, time.perf_counter() - start, "skipped",
                              path, cause=cause)
         if warn or path == "none":
@@ -829,6 +868,8 @@ class _Runner:
         try:
             results = [self._block_session(block, path).run([cache.get(v) for v in block.inputs], in_axes)
                        for cache, path in ((self.quant, False), (self.float, True))]
+        except NoBatchAxis:
+            raise
         except Exception as exc:  # noqa: BLE001 - the prefix is the last resort
             logger.info("adaround: block %d: onnxruntime on the block alone failed (%s); running the model's prefix",
                         block.index, _first_line(exc))

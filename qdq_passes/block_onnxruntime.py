@@ -24,7 +24,11 @@ from qdq_passes.ir import dialect
 from qdq_passes.ir.qdq import constant_array, node_label
 from qdq_passes.runtime import ort_session_options
 
-__all__ = ["BlockSession", "batch_axis", "block_model", "float_clamp", "model_layout", "prefix_model", "zero_based"]
+__all__ = ["BlockSession", "NoBatchAxis", "batch_axis", "block_model", "float_clamp", "model_layout", "prefix_model", "zero_based"]
+
+
+class NoBatchAxis(ValueError):
+    """A value whose batch axis cannot be told (the batch folded into another axis: ``[T * B, C]``)."""
 
 
 def batch_axis(one: Sequence[int], two: Sequence[int], name: str) -> int | None:
@@ -36,8 +40,7 @@ def batch_axis(one: Sequence[int], two: Sequence[int], name: str) -> int | None:
             return None
         if len(grown) == 1 and one[grown[0]] == 1 and two[grown[0]] == 2:
             return grown[0]
-    raise ValueError(f"value {name!r} has shape {list(one)} on 1 sample and {list(two)} on 2: no batch axis "
-                     "found (declare the inputs' batch axes with --calib-batch-axis)")
+    raise NoBatchAxis(f"value {name!r} has shape {list(one)} on 1 sample and {list(two)} on 2: no batch axis")
 
 
 def model_layout(array: np.ndarray, start: int, stop: int, axis: int | None) -> np.ndarray:

@@ -551,3 +551,33 @@ def test_batch_off_axis_0_and_a_scalar_input_are_carried_through_the_blocks(tmp_
     want = run_ort(float_model, feeds)
     got = run_ort(lowered, feeds)
     assert sqnr_db(want[0], got[0]) > 20 and sqnr_db(want[1], got[1]) > 20
+
+
+def test_a_block_output_without_batch_axis_merges_the_block_with_the_next(tmp_path):
+    """A value cut where the batch is folded with time (``[T * B, C]``, as around an LSTM's
+    projection): that block and the next train as one; nothing is skipped."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 6)) * 0.5).astype(np.float32), f"w{i}") for i in range(3)]
+    inits += [numpy_helper.from_array(np.array([-1, 6], np.int64), "flat"),
+              numpy_helper.from_array(np.array([5, -1, 6], np.int64), "unflat")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("Transpose", ["a"], ["t"], perm=[1, 0, 2]),  # [T, B, C]
+        helper.make_node("Reshape", ["t", "flat"], ["f"]),  # [T * B, C]
+        helper.make_node("MatMul", ["f", "w1"], ["g"]),
+        helper.make_node("Reshape", ["g", "unflat"], ["u"]),
+        helper.make_node("Transpose", ["u"], ["v"], perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["v", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "folded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 5, 6])], inits)
+    float_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = save_npz(tmp_path / "calib.npz", {"x": rng.standard_normal((16, 5, 6)).astype(np.float32)})
+    qdq_passes.configure(threads=1, seed=0)
+    model = qdq_passes.run(_load(float_model), "quantize,insert-quantizers{weights=adaround}", calib=str(calib))
+    ada = AdaroundPass(calib=str(calib), iters=10, threads=1, max_ops=1)
+    assert ada(model).modified
+    assert ada.stats["num-blocks-skipped"] == 0 and ada.stats["num-weights-rounded"] == 3
+    assert len([r for r in ada.reports if r.weights]) < 3  # two blocks trained as one
