@@ -12,6 +12,7 @@ import logging
 import onnx_ir
 from onnx_ir.passes import common as ir_common
 
+from qdq_passes.infra.errors import OptionError
 from qdq_passes.infra.verify import verify_model
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
@@ -24,6 +25,7 @@ __all__ = [
     "CheckPass",
     "ShapeInferencePass",
     "ConstantsToInitializersPass",
+    "FoldConstantsPass",
     "infer_shapes",
 ]
 
@@ -206,4 +208,72 @@ class ConstantsToInitializersPass(QdqPass):
         )
         modified = inner(model).modified
         self.bump("num-lifted", _count_initializers(model) - before)
+        return onnx_ir.passes.PassResult(model, modified)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldConstantsOptions:
+    """Options of ``fold-constants``."""
+
+    inputs: tuple[str, ...] = option(
+        (), "NAME=VALUE: graph inputs bound to a constant first (a sample rate: an If on it is then inlined)")
+
+    def __post_init__(self) -> None:
+        for entry in self.inputs:
+            name, sep, value = entry.partition("=")
+            if not sep or not name or not value:
+                raise OptionError(f"fold-constants: inputs entry {entry!r}: expected NAME=VALUE")
+
+
+@register_pass
+class FoldConstantsPass(QdqPass):
+    """Fold what computes from constants alone (onnxscript's constant folder), Q/DQ left alone.
+
+    1. ``inputs``: each named graph input becomes an initializer holding VALUE (one number,
+       filling the input's shape, symbolic dims taken as 1, in its dtype).
+    2. onnxscript's ``fold_constants`` then folds constant subexpressions (a ``Cast`` of a constant
+       feeding a ``Reshape``) and inlines an ``If`` whose condition became constant.
+    3. ``QuantizeLinear``, ``DequantizeLinear`` and the dialect's quantizers are never folded:
+       weight quantization stays as it is.
+    """
+
+    argument = "fold-constants"
+    summary = "Fold constant subexpressions (onnxscript's folder), optionally binding inputs to values first"
+    Options = FoldConstantsOptions
+    statistics = {"num-bound": "graph inputs bound to a constant", "num-folded": "nodes removed by folding"}
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        import numpy as np
+        from onnxscript.optimizer import fold_constants
+
+        from qdq_passes.ir import dialect
+        from qdq_passes.ir.qdq import is_dequantize, is_quantize
+
+        inputs = {v.name: v for v in model.graph.inputs}
+        for entry in self.options.inputs:
+            name, _, text = entry.partition("=")
+            value = inputs.get(name)
+            if value is None:
+                raise OptionError(f"fold-constants: no graph input {name!r} (graph inputs: {', '.join(inputs)})")
+            dtype = (value.dtype or onnx_ir.DataType.FLOAT).numpy()
+            try:
+                number = float(text) if np.issubdtype(dtype, np.floating) else int(text)
+            except ValueError:
+                raise OptionError(f"fold-constants: input {name!r}: {text!r} is not a {dtype} number") from None
+            shape = [d if isinstance(d, int) else 1 for d in value.shape] if value.shape is not None else []
+            model.graph.inputs.remove(value)
+            value.const_value = onnx_ir.tensor(np.full(shape, number, dtype), name=name)
+            model.graph.register_initializer(value)
+            self.bump("num-bound")
+
+        def should_fold(node: onnx_ir.Node) -> bool | None:
+            if is_quantize(node) or is_dequantize(node) or dialect.is_quantizer(node):
+                return False
+            return None
+
+        before = _count_nodes(model)
+        fold_constants(model, should_fold=should_fold)
+        ir_common.RemoveUnusedNodesPass()(model)
+        self.bump("num-folded", before - _count_nodes(model))
+        modified = bool(self.stats.get("num-bound") or before != _count_nodes(model))
         return onnx_ir.passes.PassResult(model, modified)
