@@ -274,6 +274,12 @@ class FoldConstantsPass(QdqPass):
         before = _count_nodes(model)
         fold_constants(model, should_fold=should_fold)
         ir_common.RemoveUnusedNodesPass()(model)
+        # An inlined If's dropped branch still lists itself among its initializers' uses, so the
+        # pass above keeps them: drop the initializers no node of the graph reads.
+        read = {v for node in onnx_ir.traversal.RecursiveGraphIterator(model.graph) for v in node.inputs}
+        for name, value in list(model.graph.initializers.items()):
+            if value not in read and not value.is_graph_output() and not value.is_graph_input():
+                del model.graph.initializers[name]
         self.bump("num-folded", before - _count_nodes(model))
         modified = bool(self.stats.get("num-bound") or before != _count_nodes(model))
         return onnx_ir.passes.PassResult(model, modified)
