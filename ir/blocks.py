@@ -563,6 +563,14 @@ class _View:
 
     # ------------------------------------------------------------------ blocks (step 8)
 
+    def _constant_producers(self, i: int) -> Iterator[int]:
+        """The constant nodes whose outputs node ``i`` reads (inside its subgraphs too)."""
+        for v in [*self.nodes[i].inputs, *self.implicit[i]]:
+            producer = v.producer() if v is not None else None
+            j = self.pos.get(producer) if producer is not None else None
+            if j is not None and self.constant[j]:
+                yield j
+
     def _trainable(self) -> list[bool]:
         """Constant nodes whose value AdaRound learns: an AdaRound quantizer or a constant node
         computed from one (a ``Transpose`` of a tied embedding)."""
@@ -610,23 +618,15 @@ class _View:
             block_of = [renumber[merge_to[b]] if b >= 0 else -1 for b in block_of]
             reading = [{renumber[merge_to[b]] for b in r} for r in reading]
             count = len(renumber)
-        copies: list[list[int]] = [[] for _ in range(count)]
         for i in range(n):
-            if not self.constant[i]:
-                continue
-            block_of[i] = min(reading[i], default=count - 1)
-            if not trainable[i]:
-                for b in reading[i] - {block_of[i]}:
-                    copies[b].append(i)
+            if self.constant[i]:
+                block_of[i] = min(reading[i], default=count - 1)
         if count == 0 and n:
             count = 1
             block_of = [0] * n
         members: list[list[int]] = [[] for _ in range(count)]
         for i in range(n):
             members[block_of[i]].append(i)
-        for b in range(count):
-            if copies[b]:
-                members[b] = sorted({*members[b], *copies[b]})
         shape = self.shape
         if any(shape):
             for b in range(count):  # step 9: copy the shape nodes a block reads from another block
@@ -640,6 +640,16 @@ class _View:
                     have.add(j)
                     todo.extend(k for k in self.preds[j] if shape[k] and k not in have)
                 members[b] = sorted(have)
+        for b in range(count):  # step 8: copy the constant nodes (not learned) a block reads from another
+            have = set(members[b])
+            todo = [j for i in members[b] for j in self._constant_producers(i) if j not in have]
+            while todo:
+                j = todo.pop()
+                if j in have or trainable[j]:
+                    continue
+                have.add(j)
+                todo.extend(k for k in self._constant_producers(j) if k not in have)
+            members[b] = sorted(have)
         holders: list[list[int]] = [[] for _ in range(n)]
         for b, positions in enumerate(members):
             for i in positions:

@@ -39,6 +39,15 @@ def _is_weight(value: onnx_ir.Value | None) -> bool:
     )
 
 
+def _computes_from_constants(value: onnx_ir.Value) -> bool:
+    """Independent of the module under test: an initializer, or computed from initializers alone."""
+    producer = value.producer()
+    if producer is None:
+        return value.const_value is not None and not value.is_graph_input()
+    return producer.op_type == "Constant" or (
+        bool(producer.inputs) and all(_computes_from_constants(v) for v in producer.inputs if v is not None))
+
+
 def _weighted_ops(model: onnx_ir.Model) -> list[onnx_ir.Node]:
     out = []
     for node in model.graph:
@@ -60,7 +69,8 @@ def check_partition(model: onnx_ir.Model, partition: BlockPartition) -> None:
         assert positions == sorted(positions), f"block {k}: nodes not in graph order"
         for node in block.nodes:
             # only shape computations and constants AdaRound does not learn are copied
-            copied = is_shape_node(node) or (node in block.constant_nodes and node.op_type != "AdaroundINTQuantizer")
+            copied = is_shape_node(node, _computes_from_constants) or (
+                node in block.constant_nodes and node.op_type != "AdaroundINTQuantizer")
             assert node not in seen or copied, f"{node} in blocks {seen[node]} and {k}"
             seen.setdefault(node, k)
         assert set(block.weighted) <= set(block.nodes)
@@ -636,3 +646,29 @@ def test_tensor_made_from_a_shape_alone_is_recomputed_where_read():
     zeros = next(n for n in model.graph if n.op_type == "ConstantOfShape")
     assert is_shape_node(zeros)
     assert not any(v.name == "h" for v in partition[0].inputs)
+
+
+def test_a_copied_shape_node_brings_the_constant_chain_it_reads():
+    """A shape computation copied into a later block (step 9) reads a ``Cast`` of a constant (PP-OCR's
+    recognizer): the copy brings that constant node too."""
+    model = _parse("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[2,4] x) => (float[2,4] y)
+          <float[4,4] w0 = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}, float[4,4] w1 = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1},
+           float[4,4] w2 = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}, float[2] ones = {1, 1}>
+        {
+          a = MatMul (x, w0)
+          s = Shape (a)
+          c = Cast <to = 7> (ones)
+          target = Mul (s, c)
+          r = Relu (a)
+          h = MatMul (r, w1)
+          t = Reshape (h, target)
+          y = MatMul (t, w2)
+        }
+    """)
+    partition = BlockPartition.build(model, granularity="layer")
+    check_partition(model, partition)
+    reshape = next(n for n in model.graph if n.op_type == "Reshape")
+    holder = partition.block_of(reshape)
+    assert {"Cast", "Mul", "Shape"} <= {n.op_type for n in holder.nodes}
