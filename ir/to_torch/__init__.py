@@ -13,6 +13,7 @@ from qdq_passes.ir.to_torch import (  # noqa: F401  (registration on import)
     generate,
     indexing,
     linear,
+    ms_contrib,
     normalization,
     pad,
     pooling,
@@ -20,6 +21,7 @@ from qdq_passes.ir.to_torch import (  # noqa: F401  (registration on import)
     reduce,
     reduce_more,
     resize,
+    rnn,
     shape,
 )
 from qdq_passes.ir.to_torch.module import BlockModule, block_to_module, graph_to_module, tensor_from_numpy
