@@ -201,6 +201,11 @@ def test_cli_same_seed_gives_byte_identical_model(cnn_files, tmp_path):
     assert outs[0] == outs[1]
     stdout = result.stdout.decode() + result.stderr.decode()
     assert _stat(stdout, "num-weights-rounded") == 7
+    # stderr is a pipe, not a terminal: one progress line per block, in order
+    progress = [line for line in result.stderr.decode().splitlines() if line.startswith("adaround: ")]
+    blocks = _stat(stdout, "num-blocks")
+    assert [line.split()[1] for line in progress] == [f"{i}/{blocks}" for i in range(1, blocks + 1)], progress
+    assert all(re.search(r"(trained|reverted|no-weights|skipped)", line) for line in progress)
     feeds = cnn_case().holdout
     assert np.isfinite(run_ort(str(tmp_path / "out0.onnx"), feeds)[0]).all()
 
