@@ -586,3 +586,38 @@ def test_a_block_output_without_batch_axis_merges_the_block_with_the_next(tmp_pa
     assert ada(model).modified
     assert ada.stats["num-blocks-skipped"] == 0 and ada.stats["num-weights-rounded"] == 3
     assert len([r for r in ada.reports if r.weights]) < 3  # two blocks trained as one
+
+
+def test_a_block_holding_an_if_runs_in_onnxruntime_and_the_rest_trains(tmp_path, caplog):
+    """``If`` has no torch converter (its branches would need tracing): the block holding it is
+    evaluated by onnxruntime, its branches reading the block's values, and the others train."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 8)) * 0.4).astype(np.float32), f"w{i}") for i in range(3)]
+    then = helper.make_graph([helper.make_node("Relu", ["a"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["a"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["a"]),
+        helper.make_node("ReduceSum", ["a"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["positive"]),
+        helper.make_node("If", ["positive"], ["b"], then_branch=then, else_branch=other),
+        helper.make_node("MatMul", ["b", "w1"], ["c"]),
+        helper.make_node("MatMul", ["c", "w2"], ["y"]),
+    ]
+    inits.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    graph = helper.make_graph(nodes, "with_if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    float_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = save_npz(tmp_path / "calib.npz", {"x": rng.standard_normal((16, 8)).astype(np.float32)})
+    qdq_passes.configure(threads=1, seed=0)
+    model = qdq_passes.run(_load(float_model), "quantize,insert-quantizers{weights=adaround}", calib=str(calib))
+    ada = AdaroundPass(calib=str(calib), iters=10, threads=1, max_ops=1)
+    with caplog.at_level("WARNING", logger="qdq_passes"):
+        assert ada(model).modified
+    skipped = [r for r in ada.reports if r.status == "skipped"]
+    assert len(skipped) == 1 and skipped[0].path == "onnxruntime" and "If" in skipped[0].cause
+    assert ada.stats["num-weights-rounded"] >= 1
+    run_ort(onnx_ir.to_proto(qdq_passes.run(model, "lower-qdq,fold-qdq")), {"x": np.ones((1, 8), np.float32)})
