@@ -8,20 +8,20 @@ on import.
 
 from qdq_passes.ir.to_torch import (  # noqa: F401  (registration on import)
     activations,
+    contrib,
     conv,
     elementwise,
     generate,
     indexing,
     linear,
-    ms_contrib,
     normalization,
     pad,
     pooling,
     quant,
+    recurrent,
     reduce,
     reduce_more,
     resize,
-    rnn,
     shape,
 )
 from qdq_passes.ir.to_torch.module import BlockModule, block_to_module, graph_to_module, tensor_from_numpy
