@@ -66,6 +66,13 @@ def _make_act(name: str, alpha: float, beta: float) -> Act:
     return lambda x: torch.where(x >= 0, x, (torch.exp(x) - 1) * alpha)
 
 
+def _clipper(clip: float | None) -> Act:
+    """``clip``'s clamp of the gates' inputs (identity when unset)."""
+    if clip is None:
+        return lambda g: g
+    return lambda g: g.clamp(-clip, clip)
+
+
 def _per_direction(acts: Sequence[Act], keys: Sequence[tuple[str, float, float]]) -> Act:
     """One activation over ``[num_directions, ...]``: the shared one, or each direction's own."""
     if all(k == keys[0] for k in keys):
@@ -199,8 +206,7 @@ def lstm(node: onnx_ir.Node, ctx: ConvertContext) -> Converted:
     n_out = len(node.outputs)
     want_y = bool(used) and used[0]
 
-    def clamp(g: torch.Tensor) -> torch.Tensor:
-        return g if clip is None else g.clamp(-clip, clip)
+    clamp = _clipper(clip)
 
     def run(
         x: torch.Tensor,
@@ -262,8 +268,7 @@ def gru(node: onnx_ir.Node, ctx: ConvertContext) -> Converted:
     n_out = len(node.outputs)
     want_y = bool(used) and used[0]
 
-    def clamp(g: torch.Tensor) -> torch.Tensor:
-        return g if clip is None else g.clamp(-clip, clip)
+    clamp = _clipper(clip)
 
     def run(
         x: torch.Tensor,
