@@ -38,7 +38,7 @@ from tests.real_models import (
 FALLBACK_OPS = {("", "If")}
 
 #: The models both pipelines run on in the suite (small inputs, a few seconds each).
-PIPELINE_MODELS = ["ppocr-cls", "magika", "silero-vad", "ddddocr-ocr", "ppocr-det"]
+PIPELINE_MODELS = ["ppocr-cls", "magika", "silero-vad", "ddddocr-ocr", "ppocr-det", "basic-pitch", "ddddocr-det"]
 
 
 def _fetched(name: str) -> Path:
