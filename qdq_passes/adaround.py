@@ -63,8 +63,13 @@ Runs on a model whose weight quantizers are ``AdaroundINTQuantizer`` nodes (made
 5. Write-back. The chosen codes become the quantizers' stored integers (``q_folded=1``,
    ``rounding=adaround``), so ``lower-qdq`` and onnxruntime reproduce the torch outputs exactly.
 
-Blocks with an op ``to_torch`` cannot convert are skipped with a warning and counted; their
-outputs are computed by onnxruntime on the block alone. Weight quantizers already folded (no float
+Blocks with an op ``to_torch`` cannot convert are found before any training, warned about once
+and counted as skipped (their weights keep nearest rounding); their outputs are computed by
+onnxruntime on the block cut out of the model (``block_onnxruntime``), or on the model's prefix;
+a block neither runtime evaluates is reported with its cause and never ends the run. Values whose
+batch is not on axis 0 (``calib-batch-axis``) are carried through the blocks with their samples on
+axis 0 in the cache; a block whose output has no batch axis is merged with the next. When stderr
+is not a terminal, one line per block reports it. Weight quantizers already folded (no float
 weight) cannot be rounded again: run ``insert-quantizers{float-model=...}`` to restore the float
 weights. Scales, zero points and activation quantizers never change.
 """
@@ -204,8 +209,9 @@ class AdaroundPass(QdqPass):
        a second run changes nothing.
     2. Calibration data is required (``calib``); a missing or mismatched file is a clear error.
     3. Each block is trained, hard-rounded, checked against nearest rounding and written back.
-    4. A block ``to_torch`` cannot convert: skipped with a warning, counted in ``num-blocks-skipped``,
-       its outputs computed by onnxruntime; its AdaRound quantizers keep nearest rounding.
+    4. A block ``to_torch`` cannot convert: known before training, warned once, counted in
+       ``num-blocks-skipped``, its outputs computed by onnxruntime; its AdaRound quantizers keep
+       nearest rounding. The run never ends on a block.
     5. Folded AdaRound quantizers (no float weight) are left alone with a warning.
     """
 
@@ -216,7 +222,7 @@ class AdaroundPass(QdqPass):
         "num-blocks": "blocks in the partition",
         "num-blocks-trained": "blocks whose weights were optimised",
         "num-blocks-reverted": "blocks where AdaRound was worse than nearest on the calibration data",
-        "num-blocks-skipped": "blocks with an op to_torch cannot convert",
+        "num-blocks-skipped": "blocks not trained (no torch converter, torch could not run them, or an input missing)",
         "num-weights-rounded": "weight quantizers whose codes were written back",
         "num-codes-changed": "weight codes that differ from nearest rounding",
         "num-blocks-gram": "trained blocks optimised by the Gram fast path (all steps, or the first before relu-refine)",
