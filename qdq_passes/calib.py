@@ -14,7 +14,8 @@ model's dtype exactly, the model's rank, and the model's size on every axis but 
 otherwise for an input (a recurrent state ``[2, B, 128]``: 1; a sample rate given once for all
 samples: None). Its size in the model is not checked (a model exported with batch 1 still takes 32
 samples), but all inputs must agree on it. Every failure raises :class:`CalibrationError`, one line
-naming the file (or item) and the input.
+naming the file (or item) and the input; NaN or Inf in float data is refused with the sample's
+index.
 
 :class:`CalibrationData` holds every input with its samples on axis 0, whatever the model's layout:
 an input batched on axis ``k`` is moved there, an input without batch axis is repeated for every
@@ -243,6 +244,7 @@ def _check(feed: Mapping[str, Any], specs: dict[str, _InputSpec], where: str,
                     d is not None and d != s for d, s in zip(spec.dims, array.shape))):
                 raise CalibrationError(f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model "
                                        f"expects {_show_dims(spec.dims)} (no batch axis: one value for every sample)")
+            _check_finite(array, spec.name, where, batched=False)
             arrays[spec.name] = array
             continue
         if array.ndim == 0:
@@ -265,6 +267,7 @@ def _check(feed: Mapping[str, Any], specs: dict[str, _InputSpec], where: str,
         if axis >= array.ndim:
             raise CalibrationError(f"{where}: input '{spec.name}' has rank {array.ndim}, no batch axis {axis}")
         array = np.moveaxis(array, axis, 0) if axis else array
+        _check_finite(array, spec.name, where, batched=True)
         if batch is None:
             batch = (spec.name, array.shape[0])
         elif array.shape[0] != batch[1]:
@@ -273,6 +276,18 @@ def _check(feed: Mapping[str, Any], specs: dict[str, _InputSpec], where: str,
             )
         arrays[spec.name] = array
     return arrays
+
+
+def _check_finite(array: np.ndarray, name: str, where: str, *, batched: bool) -> None:
+    """NaN or Inf in calibration data is refused, naming the sample (it silently skews every loss)."""
+    if not np.issubdtype(array.dtype, np.floating) or bool(np.isfinite(array).all()):
+        return
+    if not batched or array.ndim == 0:
+        raise CalibrationError(f"{where}: input '{name}' holds NaN or Inf")
+    bad = ~np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1)
+    first = int(np.argmax(bad))
+    raise CalibrationError(f"{where}: input '{name}' holds NaN or Inf in sample {first} "
+                           f"({int(bad.sum())} of {array.shape[0]} samples)")
 
 
 def _show_dims(dims: tuple[int | None, ...]) -> str:

@@ -247,3 +247,18 @@ def test_parse_batch_axes_refuses_bad_entries():
         parse_batch_axes(["state"])
     with pytest.raises(ValueError, match=r"AXIS must be an integer or 'none', got 'one'"):
         parse_batch_axes(["state=one"])
+
+
+def test_nan_or_inf_is_refused_naming_the_input_and_sample(tmp_path):
+    model = _recurrent_model()
+    x = np.zeros((5, 8), np.float32)
+    x[3, 2] = np.nan
+    feed = {"x": x, "state": np.zeros((2, 5, 4), np.float32), "sr": np.array(16000, np.int64)}
+    path = tmp_path / "calib.npz"
+    np.savez(path, **feed)
+    with pytest.raises(CalibrationError, match=rf"{path}: input 'x' holds NaN or Inf in sample 3 \(1 of 5 samples\)"):
+        load_calibration(path, model, batch_axes={"state": 1, "sr": None})
+    feed["x"][3, 2] = 0
+    feed["state"][1, 4, 0] = np.inf  # batch axis 1: sample 4
+    with pytest.raises(CalibrationError, match=r"input 'state' holds NaN or Inf in sample 4"):
+        load_calibration(feed, model, batch_axes={"state": 1, "sr": None})
