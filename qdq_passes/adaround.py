@@ -205,8 +205,9 @@ class BlockReport:
 class AdaroundPass(QdqPass):
     """Learn up/down rounding of every AdaRound weight quantizer, block by block (see the module doc).
 
-    1. No unfolded ``AdaroundINTQuantizer`` in the model: nothing to do (``modified=False``), so
-       a second run changes nothing.
+    1. No ``AdaroundINTQuantizer`` in the model: a precondition failure naming
+       ``insert-quantizers{weights=adaround}``. All of them already rounded: nothing to do
+       (``modified=False``, a warning), so a second run changes nothing.
     2. Calibration data is required (``calib``); a missing or mismatched file is a clear error.
     3. Each block is trained, hard-rounded, checked against nearest rounding and written back.
     4. A block ``to_torch`` cannot convert: known before training, warned once, counted in
@@ -240,6 +241,9 @@ class AdaroundPass(QdqPass):
         return [r.line() for r in self.reports]
 
     def precondition(self, model: onnx_ir.Model) -> None:
+        if not any(n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER for n in model.graph):
+            raise PreconditionFailed("no AdaRound weight quantizers in the model: run "
+                                     "insert-quantizers{weights=adaround} before adaround")
         if self._trainable(model) and self.options.calib is None:
             raise PreconditionFailed("needs calibration data: give calib=PATH (qdq-opt --calib PATH)")
 
@@ -256,6 +260,8 @@ class AdaroundPass(QdqPass):
             logger.warning("adaround: %s holds stored codes without a float weight; left at its rounding "
                            "(insert-quantizers{float-model=...} restores float weights)", node_label(node))
         if not self._trainable(model):
+            if not folded:
+                logger.warning("adaround: every AdaRound quantizer already holds learned codes; nothing to do")
             return onnx_ir.passes.PassResult(model, False)
         torch = configured_torch()
         if self.options.threads:

@@ -78,11 +78,33 @@ def list_passes_text() -> str:
     return "\n".join(lines)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is then (a caller may have redirected it)."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
+def _log_to_stderr(level: int) -> None:
+    """The package's log records as ``qdq-opt: LEVEL: message`` lines on stderr (set up once)."""
+    package = logging.getLogger("qdq_passes")
+    package.setLevel(level)
+    if not any(isinstance(h, _Stderr) for h in package.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+        package.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    _log_to_stderr(logging.DEBUG if args.debug else logging.WARNING)
     try:
         return _run(parser, args)
     except QdqError as exc:

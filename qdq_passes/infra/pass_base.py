@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import onnx_ir
 
-from qdq_passes.infra.errors import PreconditionFailed
+from qdq_passes.infra.errors import PreconditionFailed, QdqError
 from qdq_passes.infra.options import NoOptions, build_options, format_options
 
 __all__ = ["QdqPass"]
@@ -67,7 +67,7 @@ class QdqPass(onnx_ir.passes.InPlacePass):
         """Check the pass's preconditions (subclasses override :meth:`precondition`)."""
         try:
             self.precondition(model)
-        except PreconditionFailed as exc:
+        except (QdqError, ValueError) as exc:  # a malformed node met while checking: the same one line
             raise PreconditionFailed(f"{self.argument}: {exc}") from None
 
     def precondition(self, model: onnx_ir.Model) -> None:

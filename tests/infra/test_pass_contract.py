@@ -14,7 +14,7 @@ from qdq_passes import parse_pipeline, registered_passes
 from qdq_passes.infra.options import option_fields
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.ir.printer import print_model
-from tests.models import constant_weights_model, ort_quantize
+from tests.models import constant_weights_model, ort_quantize, random_inputs
 
 PASSES = registered_passes()
 
@@ -22,7 +22,28 @@ PASSES = registered_passes()
 @pytest.fixture(scope="module")
 def qdq_model(tmp_path_factory) -> onnx.ModelProto:
     """An onnxruntime-made QDQ model whose float source keeps weights in Constant nodes."""
-    return ort_quantize(constant_weights_model(), tmp_path_factory.mktemp("contract"))
+    return ort_quantize(constant_weights_model(), tmp_path_factory.mktemp("contract"),
+                        extra_options={"AddQDQPairToWeight": True})
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> str:
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("contract-calib") / "calib.npz"
+    np.savez(path, **{k: np.concatenate([f[k] for f in random_inputs(constant_weights_model(), n=8)])
+                      for k in random_inputs(constant_weights_model(), n=1)[0]})
+    return str(path)
+
+
+def _prepared(name: str, qdq_model: onnx.ModelProto, calib: str) -> tuple[onnx_ir.Model, QdqPass]:
+    """The model and pass to run: the QDQ model, or for passes whose precondition it does not meet,
+    what the pipeline before them makes (``adaround`` after ``insert-quantizers{weights=adaround}``)."""
+    model = onnx_ir.from_proto(onnx.load_model_from_string(qdq_model.SerializeToString()))
+    if name == "adaround":
+        PASSES["insert-quantizers"](weights="adaround")(model)
+        return model, PASSES[name](calib=calib, iters=5, threads=1)
+    return model, PASSES[name]()
 
 
 def test_names_are_unique_kebab_case_with_summaries():
@@ -68,9 +89,8 @@ def test_options_round_trip_through_pipeline_text(name):
 
 
 @pytest.mark.parametrize("name", list(PASSES))
-def test_second_run_is_a_no_op(name, qdq_model):
-    model = onnx_ir.from_proto(onnx.load_model_from_string(qdq_model.SerializeToString()))
-    pass_ = PASSES[name]()
+def test_second_run_is_a_no_op(name, qdq_model, calib):
+    model, pass_ = _prepared(name, qdq_model, calib)
     pass_(model)
     text = print_model(model)
     result = pass_(model)
@@ -79,8 +99,8 @@ def test_second_run_is_a_no_op(name, qdq_model):
 
 
 @pytest.mark.parametrize("name", list(PASSES))
-def test_runs_in_a_plain_onnx_ir_pass_manager(name, qdq_model):
-    model = onnx_ir.from_proto(onnx.load_model_from_string(qdq_model.SerializeToString()))
-    manager = onnx_ir.passes.PassManager([PASSES[name]()])
+def test_runs_in_a_plain_onnx_ir_pass_manager(name, qdq_model, calib):
+    model, pass_ = _prepared(name, qdq_model, calib)
+    manager = onnx_ir.passes.PassManager([pass_])
     result = manager(model)
     assert result.model is model
