@@ -13,13 +13,13 @@ from typing import Literal
 import numpy as np
 import onnx_ir
 
-from qdq_passes.infra.errors import QuantizationError
+from qdq_passes.infra.errors import PreconditionFailed, QuantizationError
 from qdq_passes.infra.options import option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.points import scan_points
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import InvalidQdq, QPoint, node_label
+from qdq_passes.ir.qdq import InvalidQdq, QPoint, is_dequantize, node_label
 from qdq_passes.ir.quant import storage_dtype
 
 __all__ = ["InsertQuantizersOptions", "InsertQuantizersPass"]
@@ -82,6 +82,12 @@ class InsertQuantizersPass(QdqPass):
         "num-skipped": "Q/DQ nodes left alone (not understood or not exact)",
     }
 
+    def precondition(self, model: onnx_ir.Model) -> None:
+        nodes = list(onnx_ir.traversal.RecursiveGraphIterator(model.graph))
+        if not any(is_dequantize(n) or dialect.is_quantizer(n) for n in nodes):
+            raise PreconditionFailed("the model has no Q/DQ pairs to turn into quantizers: quantize it first "
+                                     "(the 'quantize' pass, or onnxruntime.quantization)")
+
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         unfolded = False
         if self.options.float_model is not None:
@@ -117,6 +123,9 @@ class InsertQuantizersPass(QdqPass):
             modified |= dialect.ensure_functions(model)
         except InvalidQdq as exc:
             raise QuantizationError(str(exc)) from None
+        if not scan.points and not unfolded:
+            logger.warning("%s: no Q/DQ pairs left to insert quantizers for (already inserted?); nothing to do",
+                           self.argument)
         return onnx_ir.passes.PassResult(model, modified or unfolded)
 
     def _skip(self, node: onnx_ir.Node, reason: str) -> None:
