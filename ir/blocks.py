@@ -96,6 +96,7 @@ __all__ = [
     "is_shape_node",
     "merge_blocks",
     "op_name",
+    "outer_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ class _View:
         self.graph = graph
         nodes = list(graph)
         has_sub = [bool(len(node.attributes)) and _has_subgraphs(node) for node in nodes]
-        implicit = [_outer_values(node, graph) if sub else () for node, sub in zip(nodes, has_sub)]
+        implicit = [outer_values(node, graph) if sub else () for node, sub in zip(nodes, has_sub)]
         order = _topological_order(nodes, implicit)
         if order is not None:
             nodes, has_sub, implicit = [nodes[i] for i in order], [has_sub[i] for i in order], [implicit[i] for i in order]
@@ -692,7 +693,7 @@ class _View:
         return blocks
 
 
-def _outer_values(node: onnx_ir.Node, graph: onnx_ir.Graph) -> tuple[onnx_ir.Value, ...]:
+def outer_values(node: onnx_ir.Node, graph: onnx_ir.Graph) -> tuple[onnx_ir.Value, ...]:
     """Values of ``graph`` read inside ``node``'s subgraphs (implicit inputs), in first-use order."""
     found: dict[onnx_ir.Value, None] = {}
     for attr in node.attributes.values():

@@ -21,6 +21,7 @@ import onnx
 import onnx_ir
 
 from qdq_passes.ir import dialect
+from qdq_passes.ir.blocks import outer_values
 from qdq_passes.ir.qdq import constant_array, node_label
 from qdq_passes.runtime import ort_session_options
 
@@ -123,7 +124,9 @@ def _submodel(model: onnx_ir.Model, nodes: Sequence[onnx_ir.Node], inputs: Seque
             protos.append(onnx_ir.serde.serialize_node(node))
         made.update(v.name for v in node.outputs if v.name)
     for node in nodes:  # the initializers the nodes (and their subgraphs) read
-        for value in _values_read(node):
+        for value in [*node.inputs, *outer_values(node, model.graph)]:
+            if value is None:
+                continue
             if value.name in made or value.name in initializers:
                 continue
             if value.const_value is not None and value.producer() is None:
@@ -151,21 +154,6 @@ def _submodel(model: onnx_ir.Model, nodes: Sequence[onnx_ir.Node], inputs: Seque
         functions=list(functions.values()))
     proto.ir_version = max(model.ir_version or 0, 10)
     return proto
-
-
-def _values_read(node: onnx_ir.Node) -> Iterable[onnx_ir.Value]:
-    """The values ``node`` reads, inside its subgraphs too."""
-    yield from (v for v in node.inputs if v is not None)
-    for attr in node.attributes.values():
-        if attr.type == onnx_ir.AttributeType.GRAPH:
-            graphs = [attr.as_graph()]
-        elif attr.type == onnx_ir.AttributeType.GRAPHS:
-            graphs = list(attr.as_graphs())
-        else:
-            continue
-        for graph in graphs:
-            for inner in onnx_ir.traversal.RecursiveGraphIterator(graph):
-                yield from (v for v in inner.inputs if v is not None)
 
 
 def block_model(model: onnx_ir.Model, nodes: Sequence[onnx_ir.Node], inputs: Sequence[onnx_ir.Value],
