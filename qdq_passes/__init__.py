@@ -8,98 +8,60 @@ The public API::
     print(pipeline)               # canonical text, every option spelled out
 
 Every pass is an ``onnx_ir.passes.InPlacePass`` and also runs in a plain onnx_ir PassManager.
+The names below are imported on first use, so ``import qdq_passes.cli`` costs nothing until the
+command runs (a Ctrl-C during the imports then reaches ``qdq-opt``'s handler, not a traceback).
 """
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import onnx
-import onnx_ir
+if TYPE_CHECKING:
+    from qdq_passes.api import PIPELINE_KEY, VERSION_KEY, run, run_with_report, stamp_provenance
+    from qdq_passes.infra.errors import QdqError
+    from qdq_passes.infra.manager import PassManager, RunReport
+    from qdq_passes.infra.pass_base import QdqPass
+    from qdq_passes.infra.pipeline import Pipeline, parse_pipeline
+    from qdq_passes.infra.registry import get_pass, register_pass, registered_passes
+    from qdq_passes.model_io import load_model, save_model
+    from qdq_passes.runtime import configure
+    from qdq_passes.version import __version__
 
-from qdq_passes.infra.errors import QdqError
-from qdq_passes.infra.manager import PassManager, RunReport
-from qdq_passes.infra.pass_base import QdqPass
-from qdq_passes.infra.pipeline import Pipeline, parse_pipeline
-from qdq_passes.infra.registry import get_pass, register_pass, registered_passes
-from qdq_passes.model_io import load_model, save_model
-from qdq_passes.runtime import configure
+#: Each public name and the module that defines it.
+_SOURCES = {
+    "run": "qdq_passes.api",
+    "run_with_report": "qdq_passes.api",
+    "stamp_provenance": "qdq_passes.api",
+    "PIPELINE_KEY": "qdq_passes.api",
+    "VERSION_KEY": "qdq_passes.api",
+    "parse_pipeline": "qdq_passes.infra.pipeline",
+    "Pipeline": "qdq_passes.infra.pipeline",
+    "PassManager": "qdq_passes.infra.manager",
+    "RunReport": "qdq_passes.infra.manager",
+    "QdqPass": "qdq_passes.infra.pass_base",
+    "QdqError": "qdq_passes.infra.errors",
+    "register_pass": "qdq_passes.infra.registry",
+    "get_pass": "qdq_passes.infra.registry",
+    "registered_passes": "qdq_passes.infra.registry",
+    "load_model": "qdq_passes.model_io",
+    "save_model": "qdq_passes.model_io",
+    "configure": "qdq_passes.runtime",
+    "__version__": "qdq_passes.version",
+}
 
-__all__ = [
-    "run",
-    "run_with_report",
-    "parse_pipeline",
-    "Pipeline",
-    "PassManager",
-    "QdqPass",
-    "QdqError",
-    "register_pass",
-    "get_pass",
-    "registered_passes",
-    "load_model",
-    "save_model",
-    "configure",
-    "stamp_provenance",
-    "__version__",
-]
-
-try:
-    __version__ = _metadata.version("qdq-passes")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0.0.0+unknown"
-
-PIPELINE_KEY = "qdq_passes.pipeline"
-VERSION_KEY = "qdq_passes.version"
+__all__ = list(_SOURCES)
 
 
-def run(model: str | Path | onnx.ModelProto | onnx_ir.Model, pipeline: str | Pipeline, **options: Any) -> onnx_ir.Model:
-    """Run a pipeline on a model (a path, a ModelProto or an onnx_ir.Model) and return the result.
-
-    The input is never modified: paths and protos are loaded afresh, an ``onnx_ir.Model`` is cloned
-    unless ``in_place=True``. Keyword options: ``in_place``, ``threads``, ``seed``; ``calib``,
-    ``float_model`` and ``device`` (defaults for every pass declaring that option, as ``qdq-opt
-    --calib`` does); and the :class:`PassManager` instrumentation options (``verify_each``,
-    ``print_ir_after_all``, ...).
-    """
-    return run_with_report(model, pipeline, **options)[0]
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qdq_passes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-def run_with_report(
-    model: str | Path | onnx.ModelProto | onnx_ir.Model,
-    pipeline: str | Pipeline,
-    *,
-    in_place: bool = False,
-    threads: int | None = None,
-    seed: int | None = None,
-    calib: str | Path | None = None,
-    float_model: str | Path | None = None,
-    device: str | None = None,
-    **manager_options: Any,
-) -> tuple[onnx_ir.Model, RunReport]:
-    """As :func:`run`, also returning the :class:`RunReport` (timings, statistics)."""
-    configure(threads=threads, seed=seed)
-    if isinstance(pipeline, str):
-        defaults = {key: str(value) for key, value in
-                    (("calib", calib), ("float-model", float_model), ("device", device)) if value is not None}
-        pipeline = parse_pipeline(pipeline, defaults=defaults)
-    elif calib is not None or float_model is not None or device is not None:
-        raise TypeError("calib/float_model/device apply to pipeline text; set them on the passes of a Pipeline")
-    if isinstance(model, (str, Path)):
-        ir_model = load_model(model)
-    elif isinstance(model, onnx.ModelProto):
-        ir_model = onnx_ir.from_proto(onnx.load_model_from_string(model.SerializeToString()))
-    elif isinstance(model, onnx_ir.Model):
-        ir_model = model if in_place else model.clone()
-    else:
-        raise TypeError(f"run() takes a path, an onnx.ModelProto or an onnx_ir.Model, not {type(model).__name__}")
-    report = PassManager(pipeline, **manager_options).run(ir_model)
-    stamp_provenance(ir_model, pipeline)
-    return ir_model, report
-
-
-def stamp_provenance(model: onnx_ir.Model, pipeline: Pipeline) -> None:
-    """Record the canonical pipeline and the library version in the model's ``metadata_props``."""
-    model.metadata_props[PIPELINE_KEY] = str(pipeline)
-    model.metadata_props[VERSION_KEY] = __version__
+def __dir__() -> list[str]:
+    return sorted(__all__)

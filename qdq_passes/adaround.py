@@ -88,10 +88,10 @@ from typing import Literal
 import numpy as np
 import onnx_ir
 
-from qdq_passes.calib import CalibrationData, load_calibration, parse_batch_axes
+from qdq_passes.calib import CalibrationData, check_batch_axis_option, load_calibration, parse_batch_axes
 from qdq_passes.cleanup import infer_shapes
 from qdq_passes.infra.errors import OptionError, PreconditionFailed, QdqError
-from qdq_passes.infra.options import option
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
@@ -122,55 +122,59 @@ EVAL_BUDGET_MB = 256
 
 
 @dataclasses.dataclass(frozen=True)
-class AdaroundOptions:
+class AdaroundOptions(PassOptions):
     """Options of ``adaround``."""
 
-    calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)")
+    calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)",
+                               input_path=True)
     calib_batch_axis: tuple[str, ...] = option(
         (), "NAME=AXIS for calibration inputs whose batch is not on axis 0 (AXIS 'none': one value for "
         "every sample); qdq-opt --calib-batch-axis fills it")
-    iters: int = option(1000, "optimisation steps per block")
-    lr: float = option(0.1, "Adam learning rate on alpha (Quark's default; 0.01 lost 1.5 dB on the demo CNN)")
-    reg: float = option(0.01, "weight of the rounding regulariser")
-    beta: tuple[float, float] = option((20.0, 2.0), "regulariser exponent, annealed from the first to the second")
-    warm_start: float = option(0.2, "fraction of the steps before the regulariser starts")
-    batch_size: int = option(32, "calibration samples per step")
+    iters: int = option(1000, "optimisation steps per block", at_least=0)
+    lr: float = option(0.1, "Adam learning rate on alpha (Quark's default; 0.01 lost 1.5 dB on the demo CNN)",
+                       above=0)
+    reg: float = option(0.01, "weight of the rounding regulariser", at_least=0)
+    beta: tuple[float, float] = option((20.0, 2.0), "regulariser exponent, annealed from the first to the second",
+                                       above=0)
+    warm_start: float = option(0.2, "fraction of the steps before the regulariser starts", at_least=0, at_most=1)
+    batch_size: int = option(32, "calibration samples per step", at_least=1)
     granularity: Literal["block", "layer"] = option("block", "block: residual/attention blocks whole; layer: one op")
-    min_ops: int = option(1, "fewest weighted ops per block")
-    max_ops: int = option(4, "most weighted ops per block")
+    min_ops: int = option(1, "fewest weighted ops per block", at_least=1)
+    max_ops: int = option(4, "most weighted ops per block", at_least=1)
     input: Literal["quant", "float"] = option("quant", "block inputs from the quantized (rounded) or the float path")
-    max_samples: int = option(0, "use at most this many calibration samples (0: all)")
-    seed: int = option(0, "seed of the batch sampling")
+    max_samples: int = option(0, "use at most this many calibration samples (0: all)", at_least=0)
+    seed: int = option(0, "seed of the batch sampling", at_least=0)
     device: str = option("cpu", "torch device (cpu, cuda)")
-    threads: int = option(0, "torch threads for this pass (0: the run's setting)")
-    cache_mb: int = option(2048, "activation cache held in memory before spilling to disk (MB)")
+    threads: int = option(0, "torch threads for this pass (0: the run's setting)", at_least=0)
+    cache_mb: int = option(2048, "activation cache held in memory before spilling to disk (MB)", at_least=0)
     gram: Literal["auto", "on", "off"] = option(
         "auto", "Gram fast path for a block that is one linear op with a plain squared-error loss (exact; "
         "optimises the whole calibration set each step): auto where a step is cheaper than a direct one, "
         "on wherever exact, off never")
     holdout: float = option(
         0.125, "fraction of the calibration samples kept out of training: on them each block's AdaRound "
-        "rounding is compared with nearest and the better kept (0: compare on the training samples)")
+        "rounding is compared with nearest and the better kept (0: compare on the training samples)",
+        at_least=0, below=1)
     polish: int = option(
         4, "for a block on the Gram path: after training, flip single weights' rounding while the exact "
         "loss drops, at most this many sweeps over the weights (kept when the held-out error drops by more "
-        "than its standard error; 0: off)")
+        "than its standard error; 0: off)", at_least=0)
     shrink: tuple[float, ...] = option(
         (0.5, 0.8, 0.9, 0.95), "for a Gram-path block with fewer calibration rows than inputs, or whose AdaRound "
         "rounding lost to nearest on the held-out samples: retrain with the loss's data terms shrunk by each "
         "of these (H -> (1-k) H + k diag(H), G -> (1-k) G) and keep the best on the held-out samples (by more "
         "than the standard error of the difference) "
-        "(needs holdout > 0; empty: never)")
+        "(needs holdout > 0; empty: never)", above=0, at_most=1)
     relu_refine: float = option(
         0.2, "for a one-op block compared after a Relu (the Gram form is not exact there): the fraction of "
         "the steps, the last ones, on that exact loss; the steps before optimise the Gram form of the loss "
-        "before the Relu (1: every step exact; gram=off: likewise)")
+        "before the Relu (1: every step exact; gram=off: likewise)", at_least=0, at_most=1)
 
-    def __post_init__(self) -> None:
-        try:
-            parse_batch_axes(self.calib_batch_axis)
-        except ValueError as exc:
-            raise OptionError(f"adaround: calib-batch-axis: {exc}") from None
+    def validate(self) -> None:
+        check_batch_axis_option(self.calib_batch_axis)
+        if self.min_ops > self.max_ops:
+            raise OptionError(f"option 'min-ops' must be at most max-ops ({self.max_ops}), got {self.min_ops}",
+                              key="min-ops")
 
 
 @dataclasses.dataclass
@@ -267,10 +271,6 @@ class AdaroundPass(QdqPass):
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         o = self.options
-        if (o.iters < 0 or o.batch_size < 1 or not 0 <= o.warm_start <= 1 or o.lr <= 0
-                or not 0 <= o.relu_refine <= 1 or not 0 <= o.holdout < 1 or o.polish < 0
-                or not all(0 < k <= 1 for k in o.shrink)):
-            raise QdqError(f"adaround: invalid options {o}")
         calib = load_calibration(o.calib, model, max_samples=o.max_samples or None,
                                  batch_axes=parse_batch_axes(o.calib_batch_axis))
         infer_shapes(model, who="adaround")
@@ -363,20 +363,23 @@ class _Runner:
         blocks = list(self.partition)
         fallback = self._plan_fallbacks(blocks)
         i = 0
-        while i < len(blocks):
-            block = blocks[i]
-            try:
-                self._block(block, fallback, tqdm)
-            except NoBatchAxis as exc:
-                if i + 1 == len(blocks):
-                    self._skip(block, self._ops(block), time.perf_counter(), str(exc), run=False)
-                else:  # the value is cut where it has no batch axis ([T * B, C]): one block with the next
-                    logger.info("adaround: block %d merged with block %d (%s)", block.index, blocks[i + 1].index, exc)
-                    blocks[i:i + 2] = [self._merge(block, blocks[i + 1], fallback)]
-                    continue
-            i += 1
-        self.quant.close()
-        self.float.close()
+        try:
+            while i < len(blocks):
+                block = blocks[i]
+                try:
+                    self._block(block, fallback, tqdm)
+                except NoBatchAxis as exc:
+                    if i + 1 == len(blocks):
+                        self._skip(block, self._ops(block), time.perf_counter(), str(exc), run=False)
+                    else:  # the value is cut where it has no batch axis ([T * B, C]): one block with the next
+                        logger.info("adaround: block %d merged with block %d (%s)", block.index, blocks[i + 1].index,
+                                    exc)
+                        blocks[i:i + 2] = [self._merge(block, blocks[i + 1], fallback)]
+                        continue
+                i += 1
+        finally:  # spilled caches go on failure and on a signal too
+            self.quant.close()
+            self.float.close()
 
     @staticmethod
     def _ops(block: Block) -> str:
@@ -647,8 +650,13 @@ class _Runner:
         conv = None if gram_steps == o.iters or layout else self._conv_fast(split, frontier, weights, tgts, relus, batch)
         warm = int(o.warm_start * o.iters)
         beta_start, beta_end = o.beta
-        betas = [beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos((it - warm) / max(1, o.iters - warm) * math.pi))
-                 if it >= warm and o.reg > 0 else None for it in range(o.iters)]
+
+        def beta_at(it: int) -> float | None:
+            """The regulariser's exponent at step ``it`` (cosine-annealed after the warm start; None before)."""
+            if it < warm or o.reg <= 0:
+                return None
+            return beta_end + 0.5 * (beta_start - beta_end) * (1 + math.cos((it - warm) / max(1, o.iters - warm) * math.pi))
+
         rest = "conv" if conv is not None else "direct"
         path = "gram" if gram_steps == o.iters else f"gram+{rest}" if gram_steps else rest
 
@@ -660,7 +668,7 @@ class _Runner:
             bar = tqdm(steps, desc=desc, leave=False, disable=None) if tqdm else steps
             show = tqdm is not None and not getattr(bar, "disable", True)
             for it in bar:
-                beta = betas[it]
+                beta = beta_at(it)
                 shown = show and it % 50 == 0
                 if it < gram_steps or conv is not None:
                     # One weight, a hand-written gradient: no autograd graph per step.

@@ -36,9 +36,10 @@ from typing import Any, Union
 import numpy as np
 import onnx_ir
 
-from qdq_passes.infra.errors import QdqError
+from qdq_passes.infra.errors import OptionError, QdqError
 
-__all__ = ["CalibrationData", "CalibrationError", "CalibrationSource", "load_calibration", "parse_batch_axes"]
+__all__ = ["CalibrationData", "CalibrationError", "CalibrationSource", "load_calibration", "parse_batch_axes",
+           "check_batch_axis_option"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,14 @@ def parse_batch_axes(entries: Iterable[str]) -> dict[str, int | None]:
         else:
             raise ValueError(f"batch axis {entry!r}: AXIS must be an integer or 'none', got {axis!r}")
     return axes
+
+
+def check_batch_axis_option(entries: Iterable[str]) -> None:
+    """Raise :class:`OptionError` (key ``calib-batch-axis``) if an entry does not parse."""
+    try:
+        parse_batch_axes(entries)
+    except ValueError as exc:
+        raise OptionError(f"option 'calib-batch-axis': {exc}", key="calib-batch-axis") from None
 
 
 def load_calibration(

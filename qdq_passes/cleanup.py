@@ -14,7 +14,7 @@ from onnx_ir.passes import common as ir_common
 
 from qdq_passes.infra.errors import OptionError
 from qdq_passes.infra.verify import verify_model
-from qdq_passes.infra.options import option
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 
@@ -96,7 +96,7 @@ class TopologicalSortPass(QdqPass):
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckOptions:
+class CheckOptions(PassOptions):
     """Options of ``check``."""
 
     full_check: bool = option(False, "also run ONNX shape inference in strict mode")
@@ -155,7 +155,7 @@ def infer_shapes(model: onnx_ir.Model, *, who: str, strict: bool = False, data_p
 
 
 @dataclasses.dataclass(frozen=True)
-class ShapeInferOptions:
+class ShapeInferOptions(PassOptions):
     """Options of ``shape-infer``."""
 
     strict: bool = option(False, "fail on inference errors instead of leaving shapes unknown")
@@ -176,10 +176,10 @@ class ShapeInferencePass(QdqPass):
 
 
 @dataclasses.dataclass(frozen=True)
-class ConstantsToInitializersOptions:
+class ConstantsToInitializersOptions(PassOptions):
     """Options of ``constants-to-initializers``."""
 
-    min_elements: int = option(0, "lift only tensors with at least this many elements")
+    min_elements: int = option(0, "lift only tensors with at least this many elements", at_least=0)
     all_constants: bool = option(False, "also lift value_float(s)/value_int(s)/value_string(s) Constants")
 
 
@@ -212,17 +212,17 @@ class ConstantsToInitializersPass(QdqPass):
 
 
 @dataclasses.dataclass(frozen=True)
-class FoldConstantsOptions:
+class FoldConstantsOptions(PassOptions):
     """Options of ``fold-constants``."""
 
     inputs: tuple[str, ...] = option(
         (), "NAME=VALUE: graph inputs bound to a constant first (a sample rate: an If on it is then inlined)")
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for entry in self.inputs:
             name, sep, value = entry.partition("=")
             if not sep or not name or not value:
-                raise OptionError(f"fold-constants: inputs entry {entry!r}: expected NAME=VALUE")
+                raise OptionError(f"option 'inputs': entry {entry!r}: expected NAME=VALUE", key="inputs")
 
 
 @register_pass

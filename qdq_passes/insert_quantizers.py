@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir
 
 from qdq_passes.infra.errors import PreconditionFailed, QuantizationError
-from qdq_passes.infra.options import option
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.points import scan_points
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class InsertQuantizersOptions:
+class InsertQuantizersOptions(PassOptions):
     """Options of ``insert-quantizers``."""
 
     weights: Literal["int", "adaround"] = option(
@@ -39,6 +39,7 @@ class InsertQuantizersOptions:
         None,
         "reference float model: folded weights first get their original float weights back (as unfold-qdq "
         "does, matched by graph structure), so AdaRound can round them again",
+        input_path=True,
     )
 
 

@@ -16,8 +16,8 @@ import onnx.version_converter
 import onnx_ir
 from onnx_ir.passes.common import InlinePass
 
-from qdq_passes.infra.errors import OptionError, QuantizationError
-from qdq_passes.infra.options import option
+from qdq_passes.infra.errors import QuantizationError
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
@@ -33,19 +33,17 @@ MIN_OPSET, MAX_OPSET = 10, 25
 
 
 @dataclasses.dataclass(frozen=True)
-class LowerQdqOptions:
+class LowerQdqOptions(PassOptions):
     """Options of ``lower-qdq``."""
 
-    opset: int = option(21, f"lowest default-domain opset of the result ({MIN_OPSET}-{MAX_OPSET}); a model below it is converted up, never down")
+    opset: int = option(21, f"lowest default-domain opset of the result ({MIN_OPSET}-{MAX_OPSET}); a model below it is converted up, never down",
+                        at_least=MIN_OPSET, at_most=MAX_OPSET)
     weights: Literal["pair", "folded"] = option(
         "pair",
         "constant weights: pair = Q -> DQ (stored codes as Q(dequantized) -> DQ, int32 biases excepted), "
         "folded = integer initializer -> DQ",
     )
 
-    def __post_init__(self) -> None:
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise OptionError(f"lower-qdq: opset {self.opset} is out of [{MIN_OPSET}, {MAX_OPSET}]")
 
 
 @dataclasses.dataclass

@@ -2,7 +2,10 @@
 
 Loading never reads a file outside the model's folder through an external-data reference, and
 every failure names the file. Writing is atomic: everything goes to a temporary folder beside the
-target and is renamed into place, so a failed save leaves no partial output.
+target and is renamed into place, so a failed save leaves no partial output. An output that is a
+symbolic link replaces the file it points at (the link stays); one that is a device or a pipe
+(``/dev/stdout``) is written straight through. :func:`check_writes` refuses, before any work, an
+output that is a file the run reads, however it is spelled.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import google.protobuf.message
 import onnx
 import onnx_ir
 
-from qdq_passes.infra.errors import ModelLoadError, ModelSaveError
+from qdq_passes.infra.errors import ModelLoadError, ModelSaveError, UsageError
 
-__all__ = ["load_model", "save_model", "model_text", "write_text_atomically", "model_format", "EXTERNAL_DATA_THRESHOLD"]
+__all__ = [
+    "load_model", "save_model", "model_text", "write_text_atomically", "model_format", "check_writes",
+    "external_data_files", "external_data_path", "write_stdout", "EXTERNAL_DATA_THRESHOLD",
+]
 
 #: Models whose initializers add up past this size are saved with external data (protobuf caps at 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1536 * 1024 * 1024
@@ -64,19 +70,23 @@ def save_model(model: onnx_ir.Model, path: str | Path, *, external_data: bool | 
     protobuf), writing them to ``<name>.data`` beside the output; True/False forces it.
     """
     if str(path) == "-":
-        sys.stdout.buffer.write(onnx_ir.to_proto(onnx_ir.external_data.load_to_model(model)).SerializeToString())
-        sys.stdout.buffer.flush()
+        write_stdout(onnx_ir.to_proto(onnx_ir.external_data.load_to_model(model)).SerializeToString())
         return
-    path = Path(path)
+    shown, path = str(path), Path(os.path.realpath(path))
+    if path.is_dir():
+        raise ModelSaveError(f"{shown}: is a folder, not a model file")
+    if path.exists() and not path.is_file():  # a device or a pipe: no rename onto it
+        _write_through(model, path, shown)
+        return
     if model_format(path) == "text":
-        write_text_atomically(path, model_text(model, str(path)))
+        write_text_atomically(path, model_text(model, shown))
         return
     if external_data is None:
         external_data = _has_external_tensors(model) or _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    target_dir = path.parent if str(path.parent) else Path(".")
+    target_dir = path.parent
     if not target_dir.is_dir():
-        raise ModelSaveError(f"{path}: folder '{target_dir}' does not exist")
-    data_name = path.name + ".data"
+        raise ModelSaveError(f"{shown}: folder '{Path(shown).parent}' does not exist")
+    data_name = external_data_path(path).name
     try:
         with tempfile.TemporaryDirectory(dir=target_dir, prefix=f".{path.name}.tmp-") as tmp:
             tmp_model = Path(tmp) / path.name
@@ -87,7 +97,79 @@ def save_model(model: onnx_ir.Model, path: str | Path, *, external_data: bool | 
                 onnx_ir.save(model, tmp_model)
             os.replace(tmp_model, path)
     except (OSError, ValueError) as exc:
-        raise ModelSaveError(f"{path}: cannot write ({_first_line(exc)})") from None
+        raise ModelSaveError(f"{shown}: cannot write ({_os_reason(exc)})") from None
+
+
+def write_stdout(data: bytes | str) -> None:
+    """Write to stdout and flush; a full device is a :class:`ModelSaveError` (a closed pipe stays
+    ``BrokenPipeError``, for the caller to end quietly)."""
+    try:
+        if isinstance(data, str):
+            sys.stdout.write(data)
+        else:
+            sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise ModelSaveError(f"<stdout>: cannot write ({_os_reason(exc)})") from None
+
+
+def _write_through(model: onnx_ir.Model, path: Path, shown: str) -> None:
+    """Write to a device or a pipe in one stream (ONNX text or binary as the name says)."""
+    if model_format(path) == "text":
+        data = model_text(model, shown).encode("utf-8")
+    else:
+        data = onnx_ir.to_proto(onnx_ir.external_data.load_to_model(model)).SerializeToString()
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise ModelSaveError(f"{shown}: cannot write ({_os_reason(exc)})") from None
+
+
+def external_data_path(path: str | Path) -> Path:
+    """Where :func:`save_model` puts the external data of a model saved to ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def external_data_files(source: onnx_ir.Model | str | Path) -> list[Path]:
+    """The external-data files a model reads: of a loaded model, or of a model file (read without
+    its tensors; a file that is not a binary ONNX model reads none)."""
+    if isinstance(source, onnx_ir.Model):
+        return sorted({Path(t.path) for t in _all_tensors(source) if isinstance(t, onnx_ir.ExternalTensor)})
+    path = Path(source)
+    if not path.is_file() or model_format(path) == "text" or path.suffix != ".onnx":
+        return []
+    try:
+        model = onnx_ir.load(path)  # tensors kept external are not read
+    except Exception:  # noqa: BLE001 - not a model: it reads no data files
+        return []
+    return external_data_files(model)
+
+
+def check_writes(outputs: list[str | Path], reads: list[str | Path]) -> None:
+    """Refuse (a usage error) an output that is, by any spelling, a file the run reads.
+
+    Paths are compared after resolving ``..`` and symbolic links, and by inode where both exist
+    (a hard link). A folder read is a calibration folder: an ``.npz`` output inside it is refused.
+    An output equal to another output is refused too.
+    """
+    seen: dict[str, str] = {}
+    for output in outputs:
+        target = os.path.realpath(output)
+        if target in seen:
+            raise UsageError(f"{output}: is also the output {seen[target]}; refused")
+        seen[target] = str(output)
+        for read in reads:
+            source = os.path.realpath(read)
+            same = target == source or (os.path.exists(target) and os.path.exists(source)
+                                        and os.path.samefile(target, source))
+            if same:
+                raise UsageError(f"{output}: is {read}, which this run reads; refused (choose another output)")
+            if os.path.isdir(source) and Path(target).is_relative_to(source) and target.endswith(".npz"):
+                raise UsageError(f"{output}: lies inside {read}, which this run reads; refused")
 
 
 def model_text(model: onnx_ir.Model, where: str) -> str:
@@ -182,6 +264,13 @@ def _has_external_tensors(model: onnx_ir.Model) -> bool:
 
 def _initializer_bytes(model: onnx_ir.Model) -> int:
     return sum(t.nbytes for t in _all_tensors(model))
+
+
+def _os_reason(exc: BaseException) -> str:
+    """An OS error's reason without the file name it repeats; other errors' first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

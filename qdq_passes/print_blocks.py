@@ -10,7 +10,7 @@ from typing import Literal, TextIO
 import onnx_ir
 
 from qdq_passes.infra.errors import OptionError
-from qdq_passes.infra.options import option
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir.blocks import BlockPartition
@@ -21,14 +21,21 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class PrintBlocksOptions:
+class PrintBlocksOptions(PassOptions):
     """Options of ``print-blocks``."""
 
     granularity: Literal["block", "layer"] = option(
         "block", "block: single-entry single-exit regions merged to min-ops..max-ops weighted ops; layer: one weighted op each"
     )
-    min_ops: int = option(1, "merge consecutive regions until a block holds at least this many weighted ops")
-    max_ops: int = option(4, "never merge past this many weighted ops; larger regions are split into layers")
+    min_ops: int = option(1, "merge consecutive regions until a block holds at least this many weighted ops",
+                          at_least=1)
+    max_ops: int = option(4, "never merge past this many weighted ops; larger regions are split into layers",
+                          at_least=1)
+
+    def validate(self) -> None:
+        if self.min_ops > self.max_ops:
+            raise OptionError(f"option 'min-ops' must be at most max-ops ({self.max_ops}), got {self.min_ops}",
+                              key="min-ops")
 
 
 @register_pass
@@ -58,9 +65,6 @@ class PrintBlocksPass(QdqPass):
 
     def __init__(self, options: PrintBlocksOptions | None = None, **kwargs: object) -> None:
         super().__init__(options, **kwargs)
-        o = self.options
-        if o.min_ops < 1 or o.max_ops < o.min_ops:
-            raise OptionError(f"{self.argument}: need 1 <= min-ops <= max-ops, got min-ops={o.min_ops} max-ops={o.max_ops}")
         self.stream: TextIO | None = None
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:

@@ -27,10 +27,10 @@ import onnx
 import onnx.version_converter
 import onnx_ir
 
-from qdq_passes.calib import CalibrationData, load_calibration, parse_batch_axes
+from qdq_passes.calib import CalibrationData, check_batch_axis_option, load_calibration, parse_batch_axes
 from qdq_passes.cleanup import ConstantsToInitializersPass
 from qdq_passes.infra.errors import OptionError, PreconditionFailed, QuantizationError
-from qdq_passes.infra.options import option
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
@@ -57,14 +57,15 @@ _FLOAT = onnx_ir.DataType.FLOAT
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizeOptions:
+class QuantizeOptions(PassOptions):
     """Options of ``quantize``."""
 
     weights: Literal["int4", "uint4", "int8", "uint8", "int16"] = option("int8", "weight type")
     weight_granularity: Literal["tensor", "channel", "block"] = option(
         "channel", "weight scales: one per tensor, per output channel (onnxruntime's axes), or per block"
     )
-    block_size: int = option(32, "elements per block along the reduction axis (weight-granularity=block)")
+    block_size: int = option(32, "elements per block along the reduction axis (weight-granularity=block)",
+                             at_least=1)
     symmetric: bool | None = option(
         None, "symmetric weights; none: onnxruntime's default (signed types and per-channel: symmetric)"
     )
@@ -77,17 +78,19 @@ class QuantizeOptions:
     op_types: tuple[str, ...] = option(("Conv", "ConvTranspose", "Gemm", "MatMul"), "op types to quantize")
     exclude: tuple[str, ...] = option((), "node names or op types left in float")
     keep_float_weights: bool = option(True, "weights as float Q->DQ pairs (what AdaRound needs); false: stored codes")
-    calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)")
+    calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)",
+                               input_path=True)
     calib_batch_axis: tuple[str, ...] = option(
         (), "NAME=AXIS for calibration inputs whose batch is not on axis 0 (AXIS 'none': one value for "
         "every sample); qdq-opt --calib-batch-axis fills it")
-    max_samples: int = option(0, "use at most this many calibration samples (0: all)")
+    max_samples: int = option(0, "use at most this many calibration samples (0: all)", at_least=0)
 
-    def __post_init__(self) -> None:
-        try:
-            parse_batch_axes(self.calib_batch_axis)
-        except ValueError as exc:
-            raise OptionError(f"quantize: calib-batch-axis: {exc}") from None
+    def validate(self) -> None:
+        check_batch_axis_option(self.calib_batch_axis)
+        unknown = [t for t in self.op_types if t not in SUPPORTED_OP_TYPES]
+        if unknown:
+            raise OptionError(f"option 'op-types': '{unknown[0]}' is not supported (supported: "
+                              f"{', '.join(SUPPORTED_OP_TYPES)})", key="op-types")
 
 
 @dataclasses.dataclass
@@ -164,7 +167,6 @@ class QuantizePass(QdqPass):
             logger.warning("quantize: the model is already quantized (%s); left alone", node_label(found))
             return onnx_ir.passes.PassResult(model, False)
         opts = self.options
-        self._check_options()
         targets = self._targets(model)
         self._check_blocked(targets)
         data = None
@@ -197,13 +199,6 @@ class QuantizePass(QdqPass):
         return onnx_ir.passes.PassResult(model, True)
 
     # ------------------------------------------------------------------ planning
-
-    def _check_options(self) -> None:
-        unknown = [t for t in self.options.op_types if t not in SUPPORTED_OP_TYPES]
-        if unknown:
-            raise OptionError(f"quantize: op type '{unknown[0]}' is not supported (supported: {', '.join(SUPPORTED_OP_TYPES)})")
-        if self.options.weight_granularity == "block" and self.options.block_size < 1:
-            raise OptionError(f"quantize: block-size must be at least 1, got {self.options.block_size}")
 
     def _targets(self, model: onnx_ir.Model) -> list[onnx_ir.Node]:
         """The nodes to quantize, in graph order; raises if there are none."""

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx_ir
 
-from qdq_passes.infra.options import option
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.points import scan_points
@@ -32,7 +32,7 @@ _NON_NEGATIVE = ("Relu", "Sigmoid", "Softmax")
 
 
 @dataclasses.dataclass(frozen=True)
-class StripQdqOptions:
+class StripQdqOptions(PassOptions):
     """Options of ``strip-qdq``."""
 
     restore_relu: bool = option(

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir
 
 from qdq_passes.infra.errors import QuantizationError
-from qdq_passes.infra.options import option
+from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.points import scan_points
@@ -42,13 +42,14 @@ _SlotKey = tuple[str, str, int]  # (domain, op_type, input index)
 
 
 @dataclasses.dataclass(frozen=True)
-class UnfoldQdqOptions:
+class UnfoldQdqOptions(PassOptions):
     """Options of ``unfold-qdq``."""
 
     float_model: str | None = option(
         None,
         "reference float model (.onnx or .onnxtxt) whose weights replace the dequantized ones; "
         "matched by graph structure (consuming op and input slot), not by names",
+        input_path=True,
     )
 
 

@@ -203,7 +203,7 @@ def test_holdout_samples_decide_and_never_train(gemm_case, tmp_path):
     check = order[: round(0.25 * len(calib))].sort().values.numpy()
     error = ((run_ort(qdq, {"x": calib})[0] - run_ort(model, {"x": calib})[0]) ** 2).sum(1)
     assert a.mse_nearest / b.mse_nearest == pytest.approx(float(error[check].mean() / error.mean()), rel=1e-2)
-    with pytest.raises(QdqError, match="invalid options"):
+    with pytest.raises(QdqError, match="option 'holdout' must be less than 1, got 1.0"):
         _run(gemm_case, tmp_path, holdout=1.0)
 
 
@@ -374,7 +374,7 @@ def test_relu_compared_convs_take_gram_steps_then_exact_ones(tmp_path):
     for options in ({"relu_refine": 1.0}, {"gram": "off"}):
         exact, _ = run(**options)
         assert all(r.path == "conv" for r in exact.reports if r.ops == "Conv"), options
-    with pytest.raises(QdqError, match="invalid options"):
+    with pytest.raises(QdqError, match="option 'relu-refine' must be at most 1, got 1.5"):
         run(relu_refine=1.5)
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import signal
+import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +299,197 @@ def test_shape_inference_failure_is_one_line_not_a_traceback(tmp_path):
     err = strict.stderr.decode()
     assert strict.returncode == 1 and "Traceback" not in err and "%s" not in err
     assert "Reshape_101" in err and "differ in rank" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- nothing lost
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: digest(p) for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.parametrize(
+    ("spelling", "extra"),
+    [
+        ("m.onnx", []),
+        ("sub/../m.onnx", []),
+        ("link.onnx", []),  # a symbolic link to the input
+        ("hard.onnx", []),  # a hard link to the input
+        ("calib.npz", ["--calib", "calib.npz"]),
+        ("calib.npz", ["-p", "adaround{calib=./calib.npz}"]),  # named in the pipeline, not by a flag
+        ("float.onnx", ["--float-model", "float.onnx", "-p", "unfold-qdq"]),
+        ("data/more.npz", ["--calib", "data"]),  # a new .npz inside the calibration folder read
+    ],
+)
+def test_an_output_that_is_a_file_the_run_reads_is_refused_by_any_spelling(tmp_path, monkeypatch, spelling, extra):
+    monkeypatch.chdir(tmp_path)
+    Path("m.onnx").write_bytes((EXAMPLES / "cnn_qdq.onnx").read_bytes())
+    Path("float.onnx").write_bytes((EXAMPLES / "cnn_float.onnx").read_bytes())
+    Path("calib.npz").write_bytes((EXAMPLES / "calib.npz").read_bytes())
+    Path("sub").mkdir()
+    Path("data").mkdir()
+    Path("link.onnx").symlink_to("m.onnx")
+    Path("hard.onnx").hardlink_to("m.onnx")
+    before = _digests(tmp_path)
+    pipeline = extra[extra.index("-p") + 1] if "-p" in extra else "print-blocks"
+    flags = [a for i, a in enumerate(extra) if "-p" not in extra[max(0, i - 1):i + 1]]
+    result = qdq_opt("m.onnx", "-o", spelling, "-p", pipeline, *flags)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert err.count("\n") == 1 and f"{spelling}: " in err and "refused" in err, err
+    assert "block 0" not in err  # refused before any pass ran
+    assert _digests(tmp_path) == before and Path("link.onnx").is_symlink()
+    assert not Path("data/more.npz").exists()
+
+
+def test_a_reproducer_may_not_overwrite_the_input_either(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    before = digest(path)
+    result = qdq_opt(str(path), "-o", str(tmp_path / "o.onnx"), "-p", "dce", "--reproducer", str(path))
+    assert result.returncode == 2 and "refused" in result.stderr.decode()
+    assert digest(path) == before
+
+
+def test_an_output_whose_data_file_is_the_data_an_input_reads_is_refused(tmp_path):
+    """a.onnx keeps its weights in b.onnx.data: writing b.onnx (data: b.onnx.data) would change a.onnx."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    onnx.save(conv_relu_model(), folder / "a.onnx", save_as_external_data=True, location="b.onnx.data",
+              size_threshold=0)
+    onnx.save(conv_relu_model(seed=1), folder / "f.onnx", save_as_external_data=True, location="c.onnx.data",
+              size_threshold=0)
+    before = _digests(folder)
+    result = qdq_opt(str(folder / "a.onnx"), "-o", str(folder / "b.onnx"), "-p", "dce")
+    assert result.returncode == 2 and "b.onnx.data: is " in result.stderr.decode(), result.stderr.decode()
+    # the data file of another model the run reads (the float model) is protected the same way
+    result = qdq_opt(str(folder / "a.onnx"), "-o", str(folder / "c.onnx"), "-p", "unfold-qdq",
+                     "--float-model", str(folder / "f.onnx"))
+    assert result.returncode == 2 and "c.onnx.data: is " in result.stderr.decode(), result.stderr.decode()
+    assert _digests(folder) == before
+    ok = qdq_opt(str(folder / "a.onnx"), "-o", str(folder / "b.onnx"), "-p", "dce", "--external-data", "no")
+    assert ok.returncode == 0, ok.stderr.decode()  # no data file written: nothing to clash with
+
+
+def test_an_output_link_replaces_the_file_it_points_at(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    (tmp_path / "link.onnx").symlink_to("target.onnx")
+    result = qdq_opt(str(path), "-o", str(tmp_path / "link.onnx"), "-p", "dce")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "link.onnx").is_symlink() and onnx.load(tmp_path / "target.onnx").graph.node
+
+
+def test_seed_past_64_bits_is_a_usage_error(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    result = qdq_opt(str(path), "-p", "dce", "--seed", "1180591620717411303424")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "--seed must be in [0, 9223372036854775807]" in err and "Overflow" not in err
+
+
+# --------------------------------------------------------------------------- signals, pipes, full disks
+
+
+def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stop_signal_cleans_up_and_exits_128_plus_the_signal(tmp_path, signum):
+    """Stopped while adaround spills its caches to disk: the spill folders go, no output appears."""
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    out = tmp_path / "out.onnx"
+    proc = subprocess.Popen(
+        [*QDQ_OPT, str(EXAMPLES / "cnn_float.onnx"), "-o", str(out), "--calib", str(EXAMPLES / "calib.npz"),
+         "--threads", "1", "-p", "quantize,insert-quantizers{weights=adaround},adaround{iters=100000 cache-mb=0}"],
+        stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(spill)})
+    try:
+        _wait_for(lambda: any(p.name.startswith("qdq-adaround-") for p in spill.iterdir()), "a spill folder")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    lines = err.decode().splitlines()
+    assert proc.returncode == 128 + signum, lines
+    assert lines[-1] in ("qdq-opt: interrupted", f"qdq-opt: stopped by {signal.Signals(signum).name}")
+    assert "Traceback" not in err.decode()
+    assert not [p.name for p in spill.iterdir() if p.name.startswith("qdq")]  # onnxruntime's own .ses may stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]  # no output, no .out.onnx.tmp-* folder
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the imports happen")
+def test_ctrl_c_while_the_libraries_load_is_one_line():
+    proc = subprocess.Popen([*QDQ_OPT, "--list-passes"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    try:  # onnx's extension mapped: qdq-opt's own code is importing the libraries (torch comes later)
+        _wait_for(lambda: proc.poll() is not None or "onnx_cpp2py_export" in maps.read_text(), "onnx to load")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.decode() == "qdq-opt: interrupted\n", err.decode()
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    proc = subprocess.Popen([*QDQ_OPT, "--list-passes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head -1` does once it has its line
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 141 and err == b"", err.decode()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("flags", [[], ["--binary"], ["--list-passes"]])
+def test_stdout_on_a_full_device_is_one_line(tmp_path, flags):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([*QDQ_OPT, str(path), "-p", "dce", *flags], stdout=full, stderr=subprocess.PIPE,
+                                timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 1 and err == "qdq-opt: error: <stdout>: cannot write (No space left on device)\n", err
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_output(tmp_path):
+    """A file-size limit makes every write past 10 kB fail (EFBIG), as a full disk does (ENOSPC)."""
+    import resource
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(EXAMPLES / "cnn_qdq.onnx", path)
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous result")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+    result = subprocess.run([*QDQ_OPT, str(path), "-o", str(out), "-p", "dce"], capture_output=True, timeout=120,
+                            preexec_fn=limit)
+    err = result.stderr.decode()
+    assert result.returncode == 1 and err == f"qdq-opt: error: {out}: cannot write (File too large)\n", err
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out.onnx"]
+
+
+def test_an_output_that_is_a_pipe_is_written_through(tmp_path):
+    """A FIFO (like /dev/stdout) is written in one stream and stays a FIFO; it is never renamed over."""
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), path)
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = qdq_opt(str(path), "-o", str(fifo), "-p", "dce")
+    reader.join(timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and received
+    feed = random_inputs(conv_relu_model(), n=1)[0]
+    assert_bit_identical(run_ort(conv_relu_model(), feed), run_ort(onnx.load_model_from_string(received[0]), feed))

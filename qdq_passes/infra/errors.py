@@ -50,7 +50,14 @@ class UnknownPassError(UsageError):
 
 
 class OptionError(UsageError):
-    """An unknown option key, or a value that does not convert to the option's type."""
+    """An unknown option key, or a value that does not convert or is out of bounds.
+
+    ``key``: the option in pipeline spelling, when one is to blame (the parser puts its caret there).
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class ModelLoadError(QdqError):

@@ -1,15 +1,22 @@
 """Typed pass options: a frozen dataclass per pass, read from and printed back to pipeline text.
 
-A pass declares ``Options`` as a frozen dataclass whose fields use :func:`option` (a default and a
-help line). Field ``snake_case`` is spelled ``snake-case`` in pipelines. Supported field types:
-``bool``, ``int``, ``float``, ``str``, ``Literal[...]`` (a choice), ``tuple[T, ...]`` or fixed
-``tuple[T, U]`` (written ``[a,b]``), and ``T | None`` (written ``none``).
+A pass declares ``Options`` as a frozen dataclass deriving from :class:`PassOptions` whose fields
+use :func:`option` (a default, a help line and the bounds of the value). Field ``snake_case`` is
+spelled ``snake-case`` in pipelines. Supported field types: ``bool``, ``int``, ``float``, ``str``,
+``Literal[...]`` (a choice), ``tuple[T, ...]`` or fixed ``tuple[T, U]`` (written ``[a,b]``), and
+``T | None`` (written ``none``).
+
+Values are checked when the options are built, so a pipeline is refused when it is parsed, before
+any model is read: every float must be finite, every int fit in 64 bits, each number (each item of
+a tuple) lie within the field's bounds; ``PassOptions.validate`` adds the checks that relate two
+fields. Messages name the option in pipeline spelling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -17,7 +24,10 @@ from typing import Any, Literal, Union
 
 from qdq_passes.infra.errors import OptionError
 
-__all__ = ["option", "OptionField", "NoOptions", "option_fields", "build_options", "format_options", "RawValue"]
+__all__ = [
+    "option", "OptionField", "PassOptions", "NoOptions", "option_fields", "build_options", "format_options",
+    "input_paths", "RawValue",
+]
 
 #: A value as the pipeline parser hands it over: a token, or a bracketed list of values.
 RawValue = Union[str, list["RawValue"]]
@@ -27,13 +37,37 @@ _FALSE = {"false", "0", "off", "no"}
 _BARE = re.compile(r"^[A-Za-z0-9_.+\-/:@%]+$")
 
 
-def option(default: Any, help: str) -> Any:
-    """Declare an option field with its default and one line of help."""
-    return dataclasses.field(default=default, metadata={"help": help})
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def option(default: Any, help: str, *, at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None, below: float | None = None, input_path: bool = False) -> Any:
+    """Declare an option field: its default, one line of help and the bounds of its numbers.
+
+    ``at_least``/``at_most`` are inclusive bounds, ``above``/``below`` exclusive ones; for a tuple
+    they bound every item. ``input_path``: the value names a file the pass reads (``qdq-opt``
+    refuses an output that would overwrite it).
+    """
+    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
+    return dataclasses.field(default=default, metadata={
+        "help": help, "bounds": {k: v for k, v in bounds.items() if v is not None}, "input_path": input_path})
 
 
 @dataclasses.dataclass(frozen=True)
-class NoOptions:
+class PassOptions:
+    """Base of every ``Options`` dataclass: checks each value on construction (see the module doc)."""
+
+    def __post_init__(self) -> None:
+        for field in option_fields(type(self)):
+            field.check(getattr(self, field.name))
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that relate two fields; raise :class:`OptionError` naming the option (``key=``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions(PassOptions):
     """Options of a pass that takes none."""
 
 
@@ -45,6 +79,8 @@ class OptionField:
     type: Any
     default: Any
     help: str
+    bounds: dict[str, float] = dataclasses.field(default_factory=dict)
+    input_path: bool = False
 
     @property
     def key(self) -> str:
@@ -61,11 +97,19 @@ class OptionField:
         try:
             return _convert(raw, self.type)
         except ValueError as exc:
-            raise OptionError(f"{where}: option '{self.key}' expects {self.type_name}, got {_show(raw)} ({exc})") from None
+            raise OptionError(f"{where}: option '{self.key}' expects {self.type_name}, got {_show(raw)} ({exc})",
+                              key=self.key) from None
 
     def format(self, value: Any) -> str:
         """Print a value back in pipeline syntax (the inverse of :meth:`parse`)."""
         return _format(value)
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`OptionError` if a number in ``value`` is not finite or out of bounds."""
+        for number in _numbers(value):
+            reason = _out_of_bounds(number, self.bounds)
+            if reason:
+                raise OptionError(f"option '{self.key}' {reason}, got {_format(number)}", key=self.key)
 
 
 def option_fields(options_cls: type) -> list[OptionField]:
@@ -74,8 +118,15 @@ def option_fields(options_cls: type) -> list[OptionField]:
     fields = []
     for f in dataclasses.fields(options_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        fields.append(OptionField(f.name, hints[f.name], default, f.metadata.get("help", "")))
+        fields.append(OptionField(f.name, hints[f.name], default, f.metadata.get("help", ""),
+                                  dict(f.metadata.get("bounds", {})), bool(f.metadata.get("input_path"))))
     return fields
+
+
+def input_paths(options: Any) -> list[str]:
+    """The file paths the options name for reading (fields declared with ``input_path=True``)."""
+    return [value for f in option_fields(type(options)) if f.input_path
+            for value in [getattr(options, f.name)] if isinstance(value, str) and value]
 
 
 def build_options(options_cls: type, raw: dict[str, RawValue | None], where: str) -> Any:
@@ -88,13 +139,23 @@ def build_options(options_cls: type, raw: dict[str, RawValue | None], where: str
             hint = difflib.get_close_matches(key, list(by_key), n=1)
             known = ", ".join(by_key) or "none"
             suggestion = f"; did you mean '{hint[0]}'?" if hint else f" (options: {known})"
-            raise OptionError(f"{where}: unknown option '{key}'{suggestion}")
+            raise OptionError(f"{where}: unknown option '{key}'{suggestion}", key=key)
         if value is None:
             if field.type is not bool:
-                raise OptionError(f"{where}: option '{key}' needs a value ({field.type_name})")
+                raise OptionError(f"{where}: option '{key}' needs a value ({field.type_name})", key=key)
             value = "true"
         values[field.name] = field.parse(value, where)
-    return options_cls(**values)
+    try:
+        options = options_cls(**values)
+    except OptionError as exc:
+        raise OptionError(f"{where}: {exc}", key=exc.key) from None
+    if not isinstance(options, PassOptions):  # an out-of-tree Options class: the same value checks
+        for field in option_fields(options_cls):
+            try:
+                field.check(getattr(options, field.name))
+            except OptionError as exc:
+                raise OptionError(f"{where}: {exc}", key=exc.key) from None
+    return options
 
 
 def format_options(options: Any) -> str:
@@ -140,7 +201,10 @@ def _convert(raw: RawValue, typ: Any) -> Any:
     if typ is int:
         return int(raw, 0) if raw.lower().startswith(("0x", "-0x")) else int(raw)
     if typ is float:
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        return value
     if typ is str:
         return raw
     raise ValueError(f"unsupported option type {typ!r}")
@@ -159,6 +223,28 @@ def _format(value: Any) -> str:
     if text and _BARE.match(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _numbers(value: Any) -> list[int | float]:
+    """The numbers in an option value (the value itself, or a tuple's items)."""
+    items = value if isinstance(value, tuple) else (value,)
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _out_of_bounds(number: int | float, bounds: dict[str, float]) -> str:
+    """Why ``number`` is not allowed (empty if it is)."""
+    if isinstance(number, float) and not math.isfinite(number):
+        return "must be a finite number"
+    if isinstance(number, int) and not _INT64[0] <= number <= _INT64[1]:
+        return "does not fit in a 64-bit integer"
+    checks = (("at_least", number >= bounds.get("at_least", number), "at least"),
+              ("above", "above" not in bounds or number > bounds["above"], "greater than"),
+              ("at_most", number <= bounds.get("at_most", number), "at most"),
+              ("below", "below" not in bounds or number < bounds["below"], "less than"))
+    for name, ok, words in checks:
+        if not ok:
+            return f"must be {words} {_format(bounds[name])}"
+    return ""
 
 
 def _type_name(typ: Any) -> str:

@@ -108,6 +108,7 @@ class _Parser:
             raise UnknownPassError(_with_caret(str(exc), self.text, start)) from None
         self.skip_ws()
         raw: dict[str, RawValue | None] = {}
+        columns: dict[str, int] = {}
         if self.peek() == "{":
             self.pos += 1
             self.skip_ws()
@@ -125,6 +126,7 @@ class _Parser:
                     value = self.value()
                     self.skip_ws()
                 raw[key] = value
+                columns[key.replace("_", "-")] = key_col
                 if self.peek() == ",":
                     raise self.error("options are separated by spaces, not commas")
             self.pos += 1
@@ -135,7 +137,8 @@ class _Parser:
         try:
             options = build_options(cls.Options, raw, where=name)
         except OptionError as exc:
-            raise OptionError(_with_caret(str(exc), self.text, start)) from None
+            column = columns.get(exc.key or "", start)
+            raise OptionError(_with_caret(str(exc), self.text, column), key=exc.key) from None
         return cls(options)
 
     def value(self) -> RawValue:

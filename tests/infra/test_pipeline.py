@@ -141,3 +141,79 @@ def test_run_api_fills_calib_defaults(tmp_path):
     assert f" calib={tmp_path / 'c.npz'} " in report.records[1].pass_text
     assert model.metadata_props["qdq_passes.pipeline"] == str(qdq_passes.parse_pipeline(
         pipeline, defaults={"calib": str(tmp_path / "c.npz")}))
+
+
+# --------------------------------------------------------------------------- values checked at parse time
+
+
+def _numeric_options() -> list[tuple[str, str, str]]:
+    """(pass, option key, 'float' or 'int') for every number option of every registered pass."""
+    import typing
+
+    from qdq_passes.infra.options import option_fields
+
+    found = []
+    for name, cls in registry.registered_passes().items():
+        for field in option_fields(cls.Options):
+            args = typing.get_args(field.type) or (field.type,)
+            kinds = {a for a in args if a in (int, float)}
+            if kinds:
+                found.append((name, field.key, "float" if float in kinds else "int"))
+    return found
+
+
+@pytest.mark.parametrize(("name", "key", "kind"), _numeric_options())
+def test_every_number_option_refuses_non_finite_and_oversized_values(name, key, kind):
+    """NaN and infinities in a float option, an int past 64 bits: refused when the text is parsed."""
+    bad = ["nan", "inf", "-inf"] if kind == "float" else [str(2**70), str(-(2**70))]
+    for value in bad:
+        with pytest.raises(OptionError, match=f"{name}: option '{key}'") as info:
+            parse_pipeline(f"{name}{{{key}={value}}}")
+        caret = str(info.value).splitlines()[-1]
+        assert caret.index("^") == 2 + len(name) + 1, str(info.value)  # under the option, not the pass
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("adaround{lr=0}", "option 'lr' must be greater than 0, got 0.0"),
+        ("adaround{iters=-1}", "option 'iters' must be at least 0, got -1"),
+        ("adaround{batch_size=0}", "option 'batch-size' must be at least 1, got 0"),  # named as pipelines spell it
+        ("adaround{holdout=1}", "option 'holdout' must be less than 1, got 1.0"),
+        ("adaround{shrink=[0.5,1.5]}", "option 'shrink' must be at most 1, got 1.5"),
+        ("adaround{beta=[20,0]}", "option 'beta' must be greater than 0, got 0.0"),
+        ("adaround{seed=-3}", "option 'seed' must be at least 0, got -3"),
+        ("adaround{min-ops=5}", "option 'min-ops' must be at most max-ops (4), got 5"),
+        ("adaround{calib-batch-axis=[x]}", "option 'calib-batch-axis': batch axis 'x': expected NAME=AXIS"),
+        ("quantize{op-types=[Relu]}", "option 'op-types': 'Relu' is not supported"),
+        ("quantize{block-size=0}", "option 'block-size' must be at least 1, got 0"),
+        ("lower-qdq{opset=9}", "option 'opset' must be at least 10, got 9"),
+        ("fold-constants{inputs=[sr]}", "option 'inputs': entry 'sr': expected NAME=VALUE"),
+    ],
+)
+def test_out_of_range_values_are_refused_when_parsed(text, message):
+    with pytest.raises(OptionError) as info:
+        parse_pipeline(f"dce,{text}")
+    first = str(info.value).splitlines()[0]
+    assert message in first, first
+    assert "Options(" not in first  # never the whole options object
+    key = message.split("'")[1]
+    caret = str(info.value).splitlines()[-1].index("^") - 2
+    assert f"dce,{text}"[caret:].replace("_", "-").startswith(key), str(info.value)
+
+
+def test_options_built_in_python_are_checked_the_same_way():
+    from qdq_passes.adaround import AdaroundOptions, AdaroundPass
+
+    with pytest.raises(OptionError, match="option 'lr' must be a finite number"):
+        AdaroundOptions(lr=float("nan"))
+    with pytest.raises(OptionError, match="adaround: option 'warm-start' must be at most 1"):
+        AdaroundPass(warm_start=2.0)
+    assert AdaroundPass(iters=10**8).options.iters == 10**8  # large, not a memory hazard: schedules are lazy
+
+
+def test_plain_dataclass_options_of_an_out_of_tree_pass_get_the_value_checks(all_types_pass):
+    with pytest.raises(OptionError, match="all-types: option 'rate' expects float, got 'nan' .not a finite number."):
+        parse_pipeline("all-types{rate=nan}")
+    with pytest.raises(OptionError, match="all-types: option 'count' does not fit in a 64-bit integer"):
+        parse_pipeline(f"all-types{{count={2**64}}}")
