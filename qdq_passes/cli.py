@@ -52,9 +52,20 @@ def _bounded_int(name: str, low: int, high: int):  # noqa: ANN202 - an argparse 
     return convert
 
 
+class _BadArguments(Exception):
+    """The command line does not parse (argparse's message)."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``main`` prints it, exit 2) instead of the usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _BadArguments(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``qdq-opt``."""
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         prog=PROG,
         description="Run a pipeline of qdq-passes passes over an ONNX model (.onnx, .onnxtxt, or - for stdin).",
         epilog="Pipeline syntax: pass{key=value key2=[a,b]},other-pass  (see --list-passes)",
@@ -147,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = args.debug
         _log_to_stderr(logging.DEBUG if debug else logging.WARNING)
         return _main(parser, args)
+    except _BadArguments as exc:
+        print(f"{PROG}: error: {exc} (see --help)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return _stopped(signal.SIGINT, "interrupted")
     except Stopped as stop:

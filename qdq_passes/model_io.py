@@ -96,7 +96,7 @@ def save_model(model: onnx_ir.Model, path: str | Path, *, external_data: bool | 
             else:
                 onnx_ir.save(model, tmp_model)
             os.replace(tmp_model, path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx_ir.serde.SerdeError) as exc:
         raise ModelSaveError(f"{shown}: cannot write ({_os_reason(exc)})") from None
 
 

@@ -25,6 +25,8 @@ def verify_model(model: onnx_ir.Model, *, checker: bool = True, full_check: bool
             onnx_checker(model, full_check=full_check)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise VerificationError(f"ONNX checker: {' '.join(str(exc).split())}") from None
+        except onnx_ir.serde.SerdeError as exc:  # e.g. a name or string field that is not UTF-8
+            raise VerificationError(f"cannot be written as ONNX ({_innermost(exc)})") from None
 
 
 def onnx_checker(model: onnx_ir.Model, *, full_check: bool = False) -> None:
@@ -41,6 +43,13 @@ def onnx_checker(model: onnx_ir.Model, *, full_check: bool = False) -> None:
         onnx.checker.check_model(proto, full_check=full_check)
 
     _c_api_utils.call_onnx_api(check, model)
+
+
+def _innermost(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def structural_errors(model: onnx_ir.Model) -> list[str]:
