@@ -200,11 +200,13 @@ def same_spec(a: QuantSpec, b: QuantSpec) -> bool:
 
 
 def scan_qdq(model: onnx_ir.Model, nodes: Iterable[onnx_ir.Node] | None = None) -> QdqScan:
-    """Find the quantization points of the main graph (or of the given nodes)."""
+    """Find the quantization points of every graph, subgraphs (If/Loop/Scan bodies) included, or of
+    the given nodes; a point's nodes live in ``point.dq.graph``."""
     points: list[QPoint] = []
     skipped: list[Skipped] = []
     seen_q: set[onnx_ir.Node] = set()
-    for node in list(model.graph if nodes is None else nodes):
+    nodes = list(onnx_ir.traversal.RecursiveGraphIterator(model.graph) if nodes is None else nodes)
+    for node in nodes:
         if not is_dequantize(node):
             continue
         try:
@@ -213,7 +215,7 @@ def scan_qdq(model: onnx_ir.Model, nodes: Iterable[onnx_ir.Node] | None = None) 
             skipped.append(Skipped(node, str(exc)))
             continue
         points.append(point)
-    for node in model.graph if nodes is None else nodes:
+    for node in nodes:
         if is_quantize(node) and node not in seen_q:
             if not any(is_dequantize(use.node) for use in node.outputs[0].uses()):
                 skipped.append(Skipped(node, "Q without a DequantizeLinear after it"))

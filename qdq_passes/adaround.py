@@ -218,6 +218,9 @@ class AdaroundPass(QdqPass):
        ``num-blocks-skipped``, its outputs computed by onnxruntime; its AdaRound quantizers keep
        nearest rounding. The run never ends on a block.
     5. Folded AdaRound quantizers (no float weight) are left alone with a warning.
+    6. AdaRound quantizers inside subgraphs (If/Loop/Scan bodies) are not trained (blocks are cut
+       from the main graph): each is named in a warning and keeps nearest rounding, so it is
+       lowered as an ordinary quantized weight.
     """
 
     argument = "adaround"
@@ -245,7 +248,8 @@ class AdaroundPass(QdqPass):
         return [r.line() for r in self.reports]
 
     def precondition(self, model: onnx_ir.Model) -> None:
-        if not any(n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER for n in model.graph):
+        if not any(n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
+                   for n in onnx_ir.traversal.RecursiveGraphIterator(model.graph)):
             raise PreconditionFailed("no AdaRound weight quantizers in the model: run "
                                      "insert-quantizers{weights=adaround} before adaround")
         if self._trainable(model) and self.options.calib is None:
@@ -258,13 +262,19 @@ class AdaroundPass(QdqPass):
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         self.reports = []
+        inner = [n for n in dialect.quantizer_nodes(model)
+                 if n.graph is not model.graph and n.op_type == dialect.ADAROUND_QUANTIZER]
+        for node in inner:
+            logger.warning("adaround: %s is inside subgraph '%s': not trained (AdaRound cuts blocks from the "
+                           "main graph); it keeps nearest rounding", node_label(node), node.graph.name)
         folded = [n for n in model.graph if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
                   and dialect.quantizer_params(n).q_folded and dialect.quantizer_params(n).rounding != dialect.ADAROUND]
         for node in folded:
             logger.warning("adaround: %s holds stored codes without a float weight; left at its rounding "
                            "(insert-quantizers{float-model=...} restores float weights)", node_label(node))
         if not self._trainable(model):
-            if not folded:
+            if not folded and any(n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
+                                  for n in model.graph):
                 logger.warning("adaround: every AdaRound quantizer already holds learned codes; nothing to do")
             return onnx_ir.passes.PassResult(model, False)
         torch = configured_torch()

@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 class FoldQdqPass(QdqPass):
     """Fold ``QuantizeLinear(W float const) -> DequantizeLinear`` into ``DequantizeLinear(W int const)``.
 
-    Works on the main graph; subgraphs (If/Loop/Scan bodies) are not touched.
+    Works on every graph, subgraphs (If/Loop/Scan bodies) included; new initializers go to the
+    main graph, which every subgraph sees.
 
     1. A weight point (``scan_qdq`` kind ``weight``: a Q of a constant float tensor, an initializer
        or a Constant node's output, feeding DQs with the same parameters): the codes
@@ -70,7 +71,6 @@ class FoldQdqPass(QdqPass):
             if point.kind == "weight" and point.q is not None:
                 by_q.setdefault(point.q, []).append(point)
 
-        graph = model.graph
         taken = value_names(model)
         modified = False
         for q, points in by_q.items():
@@ -91,10 +91,10 @@ class FoldQdqPass(QdqPass):
                 type=onnx_ir.TensorType(onnx_ir.DataType.from_numpy(codes.dtype)),
                 const_value=onnx_ir.Tensor(codes, name=name),
             )
-            graph.register_initializer(stored)
+            model.graph.register_initializer(stored)  # the main graph's: seen from every subgraph
             q.outputs[0].replace_all_uses_with(stored)
             params = list(q.inputs)
-            graph.remove(q, safe=True)
+            q.graph.remove(q, safe=True)
             for value in params:
                 remove_if_unused(value)
             self.bump("num-folded", len(points))

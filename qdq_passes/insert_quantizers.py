@@ -96,7 +96,6 @@ class InsertQuantizersPass(QdqPass):
 
             unfolded = UnfoldQdqPass(float_model=self.options.float_model)(model).modified
         scan = scan_points(self, model)
-        graph = model.graph
         modified = False
         quantizes: list[onnx_ir.Node] = []
         for point in scan.points:
@@ -107,7 +106,7 @@ class InsertQuantizersPass(QdqPass):
             new = self._quantizer_for(point, model)
             old_out = point.dq.outputs[0]
             onnx_ir.convenience.replace_nodes_and_values(
-                graph, point.dq, [point.dq], [new], [old_out], [new.outputs[0]]
+                point.dq.graph, point.dq, [point.dq], [new], [old_out], [new.outputs[0]]
             )
             if point.q is not None and point.q not in quantizes:
                 quantizes.append(point.q)
@@ -119,7 +118,7 @@ class InsertQuantizersPass(QdqPass):
         for q in quantizes:
             out = q.outputs[0]
             if not out.uses() and not out.is_graph_output():
-                graph.remove(q, safe=True)
+                q.graph.remove(q, safe=True)
         try:
             modified |= dialect.ensure_functions(model)
         except InvalidQdq as exc:

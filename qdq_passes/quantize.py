@@ -120,8 +120,8 @@ class _Bias:
 class QuantizePass(QdqPass):
     """Quantize a float model to QDQ as ``onnxruntime.quantization.quantize_static`` does.
 
-    Works on the main graph. For each node whose op type is in ``op-types`` and that ``exclude``
-    does not name (by node name or op type), in graph order:
+    Works on every graph, subgraphs (If/Loop/Scan bodies) included. For each node whose op type is
+    in ``op-types`` and that ``exclude`` does not name (by node name or op type), in graph order:
 
     1. Inputs 0 and 1 (Conv, ConvTranspose, Gemm, MatMul): a float initializer is a **weight**:
        per tensor, per channel (axis Conv 0, ConvTranspose 1, Gemm 0 if transB else 1, MatMul 1) or
@@ -138,6 +138,11 @@ class QuantizePass(QdqPass):
        DQ per node. Weight scales too small for the bias are enlarged as onnxruntime does. Blocked
        weights, ``acts=none`` and non-constant biases leave the bias float.
     5. Constant nodes are lifted to initializers first; a default opset below 21 is converted to 21.
+    6. Inside a subgraph, weights are quantized as in the main graph (their Q/DQ in the graph that
+       owns the weight), and so are activations that are main-graph values. A value computed inside
+       a subgraph has no calibration range (onnxruntime's calibrators see main-graph values only):
+       it stays float, and one warning counts those values (``fold-constants{inputs=["NAME=VALUE"]}``
+       inlines an ``If`` on a constant input, which makes them main-graph values).
     6. A model that already holds QuantizeLinear/DequantizeLinear or quantizer nodes: left alone
        (``modified=False``, a warning), so a second run changes nothing.
     7. Errors, raised before anything changes: no node to quantize, missing or mismatched
@@ -179,22 +184,26 @@ class QuantizePass(QdqPass):
         _convert_opset(model)
         targets = self._targets(model)  # the same nodes, seen in the converted graph
         weights = self._plan_weights(model, targets)
-        ranges = _calibrate(model, data, opts) if data is not None else {}
+        ranges = _calibrate(model, data, opts, _outer_reads(model, targets)) if data is not None else {}
         acts: dict[onnx_ir.Value, QuantSpec] = {}
         for node in targets:
             for value in self._activation_values(node, weights):
-                if value not in acts and value.name in ranges:
+                if value not in acts and value.name in ranges and value.graph is model.graph:
                     acts[value] = _activation_spec(ranges[value.name], _QTYPES[opts.acts])
         biases = self._plan_biases(targets, weights, acts)
 
-        graph = model.graph
+        inner = sorted({v.name or "?" for node in targets for v in self._activation_values(node, weights)
+                        if v.graph is not model.graph})
+        if inner:
+            logger.warning("quantize: %d activation(s) computed inside subgraphs stay float (no calibration "
+                           "range there), e.g. '%s'; fold-constants{inputs=[\"NAME=VALUE\"]} inlines an If on a "
+                           "constant input", len(inner), inner[0])
         taken = value_names(model)
-        first = graph.node(0)
-        self._quantize_weights(model, weights, taken, first)
+        self._quantize_weights(model, weights, taken)
         for value, spec in acts.items():
-            self._insert_activation_pair(graph, value, spec, taken, first)
+            self._insert_activation_pair(model.graph, value, spec, taken)
         for bias in biases:
-            self._quantize_bias(graph, bias, taken, first)
+            self._quantize_bias(model.graph, bias, taken)
         self.bump("num-nodes", len(targets))
         return onnx_ir.passes.PassResult(model, True)
 
@@ -206,7 +215,7 @@ class QuantizePass(QdqPass):
         excluded = set(self.options.exclude)
         targets = []
         self.stats["num-excluded"] = 0
-        for node in model.graph:
+        for node in onnx_ir.traversal.RecursiveGraphIterator(model.graph):
             if node.domain not in ("", "ai.onnx") or node.op_type not in wanted:
                 continue
             if node.name in excluded or node.op_type in excluded:
@@ -216,7 +225,7 @@ class QuantizePass(QdqPass):
         if not targets:
             ops = ", ".join(sorted(wanted))
             tail = " (all excluded)" if self.stats["num-excluded"] else ""
-            raise QuantizationError(f"quantize: the model has no node to quantize: no {ops} in the main graph{tail}")
+            raise QuantizationError(f"quantize: the model has no node to quantize: no {ops} in any graph{tail}")
         return targets
 
     def _check_blocked(self, targets: list[onnx_ir.Node]) -> None:
@@ -275,9 +284,8 @@ class QuantizePass(QdqPass):
 
     # ------------------------------------------------------------------ rewriting
 
-    def _quantize_weights(self, model: onnx_ir.Model, weights: dict[onnx_ir.Value, _Weight], taken: set[str],
-                          first: onnx_ir.Node) -> None:
-        graph = model.graph
+    def _quantize_weights(self, model: onnx_ir.Model, weights: dict[onnx_ir.Value, _Weight], taken: set[str]) -> None:
+        graph = model.graph  # parameters go to the main graph, seen from every subgraph
         qtype = _QTYPES[self.options.weights]
         for w in weights.values():
             array = w.value.const_value.numpy()  # type: ignore[union-attr]
@@ -304,14 +312,14 @@ class QuantizePass(QdqPass):
             for use in list(w.value.uses()):
                 if use.node is not new[0]:
                     use.node.replace_input_with(use.idx, dq_out)
-            graph.insert_before(first, new)
+            _insert_at_start(w.value.graph or graph, new)  # in the graph owning the weight
             if not self.options.keep_float_weights:
                 remove_if_unused(w.value)
             w.dq_out = dq_out
             self.bump("num-weights")
 
-    def _insert_activation_pair(self, graph: onnx_ir.Graph, value: onnx_ir.Value, spec: QuantSpec, taken: set[str],
-                                first: onnx_ir.Node) -> None:
+    def _insert_activation_pair(self, graph: onnx_ir.Graph, value: onnx_ir.Value, spec: QuantSpec,
+                                taken: set[str]) -> None:
         base = value.name or "activation"
         scale, zp = _param_initializers(graph, base, spec, taken)
         q_out = onnx_ir.Value(name=fresh_name(f"{base}_QuantizeLinear_Output", taken), type=onnx_ir.TensorType(spec.qdtype),
@@ -327,12 +335,12 @@ class QuantizePass(QdqPass):
             dq_out.name = base
         producer = value.producer()
         if producer is None:
-            graph.insert_before(first, [q, dq])
+            _insert_at_start(graph, [q, dq])
         else:
             graph.insert_after(producer, [q, dq])
         self.bump("num-activations")
 
-    def _quantize_bias(self, graph: onnx_ir.Graph, bias: _Bias, taken: set[str], first: onnx_ir.Node) -> None:
+    def _quantize_bias(self, graph: onnx_ir.Graph, bias: _Bias, taken: set[str]) -> None:
         """``bias_quantized (int32) -> DQ`` in place of the float bias, as onnxruntime's ``quantize_bias_static_impl``."""
         assert bias.weight.spec is not None
         b = bias.value.const_value.numpy()  # type: ignore[union-attr]
@@ -356,7 +364,7 @@ class QuantizePass(QdqPass):
                                shape=bias.value.shape)
         dq = onnx_ir.Node("", "DequantizeLinear", [stored, scale, zp], attrs, outputs=[dq_out],
                           name=fresh_name(f"{base}_DequantizeLinear", taken))
-        graph.insert_before(first, dq)
+        _insert_at_start(bias.node.graph or graph, [dq])  # beside the node it feeds
         bias.node.replace_input_with(bias.index, dq_out)
         if "beta" in bias.node.attributes:
             bias.node.attributes["beta"] = onnx_ir.AttrFloat32("beta", 1.0)
@@ -367,9 +375,17 @@ class QuantizePass(QdqPass):
 # ---------------------------------------------------------------------- helpers
 
 
+def _insert_at_start(graph: onnx_ir.Graph, nodes: list[onnx_ir.Node]) -> None:
+    """Put new constant-fed nodes at the start of ``graph`` (which may be empty)."""
+    if len(graph):
+        graph.insert_before(graph.node(0), nodes)
+    else:
+        graph.extend(nodes)
+
+
 def _already_quantized(model: onnx_ir.Model) -> onnx_ir.Node | None:
-    """The first Q, DQ or quantizer node of the main graph, or None."""
-    for node in model.graph:
+    """The first Q, DQ or quantizer node of any graph, or None."""
+    for node in onnx_ir.traversal.RecursiveGraphIterator(model.graph):
         if is_quantize(node) or is_dequantize(node) or node.domain == dialect.DOMAIN:
             return node
     return None
@@ -500,8 +516,24 @@ class _Reader:
         self._it = self._data.batches(self._batch)
 
 
-def _calibrate(model: onnx_ir.Model, data: CalibrationData, opts: QuantizeOptions) -> dict[str, object]:
-    """Activation ranges (``TensorData`` by tensor name) from onnxruntime's calibrators on a temporary copy."""
+def _outer_reads(model: onnx_ir.Model, targets: list[onnx_ir.Node]) -> list[str]:
+    """Main-graph values that targets inside subgraphs read (onnxruntime's calibrators do not see them)."""
+    names = []
+    for node in targets:
+        if node.graph is not model.graph:
+            names += [v.name for v in node.inputs[:2] if v is not None and v.graph is model.graph and v.name
+                      and not v.is_initializer() and v.name not in names]
+    return names
+
+
+def _calibrate(model: onnx_ir.Model, data: CalibrationData, opts: QuantizeOptions,
+               outer: list[str]) -> dict[str, object]:
+    """Activation ranges (``TensorData`` by tensor name) from onnxruntime's calibrators on a temporary copy.
+
+    The calibrators measure the inputs and outputs of main-graph nodes of the quantized op types;
+    each ``outer`` value (a main-graph value read inside a subgraph) is measured through an
+    ``Identity`` probe added to the copy.
+    """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, create_calibrator
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -512,9 +544,12 @@ def _calibrate(model: onnx_ir.Model, data: CalibrationData, opts: QuantizeOption
             batch = value.shape[0]
     with tempfile.TemporaryDirectory(prefix="qdq-quantize-") as tmp:
         path = Path(tmp) / "float.onnx"
-        onnx.save_model(onnx_ir.to_proto(model), path, save_as_external_data=True, location="float.onnx.data",
-                        size_threshold=1024)
-        calibrator = create_calibrator(path, list(opts.op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+        proto = onnx_ir.to_proto(model)
+        probes = {f"{name}__qdq_probe": name for name in outer}
+        proto.graph.node.extend(onnx.helper.make_node("Identity", [name], [probe]) for probe, name in probes.items())
+        onnx.save_model(proto, path, save_as_external_data=True, location="float.onnx.data", size_threshold=1024)
+        op_types = list(opts.op_types) + (["Identity"] if probes else [])
+        calibrator = create_calibrator(path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=method, providers=["CPUExecutionProvider"])
         with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime's histogram calibrators print progress
             calibrator.collect_data(_Reader(data, batch))
@@ -525,6 +560,9 @@ def _calibrate(model: onnx_ir.Model, data: CalibrationData, opts: QuantizeOption
             with contextlib.redirect_stdout(io.StringIO()):
                 ranges = dict(calibrator.compute_data().data)
         del calibrator
+    for probe, name in probes.items():
+        if probe in ranges:
+            ranges[name] = ranges.pop(probe)
     return ranges
 
 

@@ -46,7 +46,8 @@ class StripQdqOptions(PassOptions):
 class StripQdqPass(QdqPass):
     """Remove every understood Q/DQ: the float model that the QDQ model approximates.
 
-    Works on the main graph; subgraphs (If/Loop/Scan bodies) are not touched.
+    Works on every graph, subgraphs (If/Loop/Scan bodies) included; new initializers go to the
+    main graph, which every subgraph sees.
 
     1. Activation ``Q(x) -> DQ``: the DQ's uses go to ``x``; the DQ goes, and the Q when none of
        its DQs is left (a Q shared by several DQs goes with the last). Counted per DQ in
@@ -89,7 +90,7 @@ class StripQdqPass(QdqPass):
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         scan = scan_points(self, model)
 
-        graph = model.graph
+        graph = model.graph  # new initializers go to the main graph, seen from every subgraph
         taken = value_names(model)
         leftovers: list[onnx_ir.Value | None] = []
         by_q: dict[onnx_ir.Node, list[QPoint]] = {}
@@ -132,16 +133,16 @@ class StripQdqPass(QdqPass):
             base = x.name or "x"
             relu_out = onnx_ir.Value(name=fresh_name(f"{base}_relu", taken), shape=x.shape, type=x.type)
             relu = onnx_ir.Node("", "Relu", [x], outputs=[relu_out], name=f"{relu_out.name}_node")
-            graph.insert_before(q, relu)
+            q.graph.insert_before(q, relu)
             replacement = relu_out
             self.bump("num-relus-restored")
         for point in points:
             leftovers.extend(point.dq.inputs[1:])
-            _replace_dq(graph, taken, point.dq, replacement)
+            _replace_dq(point.dq.graph, taken, point.dq, replacement)
             self.bump("num-weights-restored" if weight else "num-activation-pairs-removed")
         if not q.outputs[0].uses() and not q.outputs[0].is_graph_output():
             leftovers.extend(q.inputs[1:])
-            graph.remove(q, safe=True)
+            q.graph.remove(q, safe=True)
 
     def _restore_folded(
         self, graph: onnx_ir.Graph, taken: set[str], point: QPoint, leftovers: list[onnx_ir.Value | None],
@@ -151,7 +152,7 @@ class StripQdqPass(QdqPass):
         leftovers.extend(point.dq.inputs)
         same = [value for other, value in restored.get(stored, []) if same_spec(other.spec, point.spec)]
         if same:  # codes shared by DQs with equal parameters: one float initializer for all
-            _replace_dq(graph, taken, point.dq, same[0])
+            _replace_dq(point.dq.graph, taken, point.dq, same[0])
             remove_if_unused(stored)
             self.bump("num-weights-restored")
             return
@@ -163,7 +164,7 @@ class StripQdqPass(QdqPass):
         )
         out = point.dq.outputs[0]
         freed = [] if out.is_graph_output() else [out.name]
-        _replace_dq(graph, taken, point.dq, value)
+        _replace_dq(point.dq.graph, taken, point.dq, value)
         if remove_if_unused(stored):
             freed.append(stored.name)
         # Named once the DQ is gone: its output often holds the natural name (onnxruntime's biases).

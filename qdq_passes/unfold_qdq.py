@@ -57,7 +57,8 @@ class UnfoldQdqOptions(PassOptions):
 class UnfoldQdqPass(QdqPass):
     """Unfold ``DequantizeLinear(W int const)`` into ``QuantizeLinear(W float const) -> DequantizeLinear``.
 
-    Works on the main graph; subgraphs (If/Loop/Scan bodies) are not touched.
+    Works on every graph, subgraphs (If/Loop/Scan bodies) included; new initializers go to the
+    main graph, which every subgraph sees.
 
     1. A folded weight (``scan_qdq`` kind ``folded_weight``: a DQ of a constant integer or float8
        tensor): a new Q with the DQ's scale, zero point, ``axis``, ``block_size`` and domain
@@ -140,7 +141,7 @@ class UnfoldQdqPass(QdqPass):
                     continue
             plans.append((group, shared, weight))
 
-        graph = model.graph
+        graph = model.graph  # new initializers go to the main graph, seen from every subgraph
         taken = value_names(model)
         for group, shared, weight in plans:
             self._unfold(graph, taken, group, shared, weight)
@@ -186,7 +187,7 @@ class UnfoldQdqPass(QdqPass):
         q = onnx_ir.Node(
             dq.domain, "QuantizeLinear", inputs, attributes, outputs=[q_out], name=f"{q_out.name}_node"
         )
-        graph.insert_before(dq, q)
+        dq.graph.insert_before(dq, q)
         if shared:
             stored.replace_all_uses_with(q_out)
         else:
@@ -212,7 +213,7 @@ def _groups(folded: list[QPoint]) -> list[tuple[list[QPoint], bool]]:
     for group in groups:
         stored = group[0].source
         dqs = {p.dq for p in group}
-        shared = not stored.is_graph_output() and all(
+        shared = not stored.is_graph_output() and len({p.dq.graph for p in group}) == 1 and all(
             use.node in dqs and use.idx == 0 for use in stored.uses()
         )
         if not shared and len(group) > 1:
@@ -263,7 +264,7 @@ def _is_static(value: onnx_ir.Value | None, depth: int = 0) -> bool:
 def _slot_index(graph: onnx_ir.Graph, static: Callable[[onnx_ir.Value | None], bool]) -> dict[_SlotKey, list[onnx_ir.Node]]:
     """For each (domain, op_type, slot): the nodes, in graph order, whose input at that slot is static."""
     index: dict[_SlotKey, list[onnx_ir.Node]] = {}
-    for node in graph:
+    for node in onnx_ir.traversal.RecursiveGraphIterator(graph):
         for slot, value in enumerate(node.inputs):
             if static(value):
                 index.setdefault((node.domain, node.op_type, slot), []).append(node)

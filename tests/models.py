@@ -22,8 +22,10 @@ __all__ = [
     "attention_model",
     "constant_weights_model",
     "conv_relu_model",
+    "if_float_model",
     "mlp_model",
     "ort_quantize",
+    "ort_quantized_if_model",
     "random_inputs",
     "run_ort",
 ]
@@ -294,3 +296,70 @@ def assert_bit_identical(a_outputs: Sequence[np.ndarray], b_outputs: Sequence[np
             f"output {i} ({a.dtype}{list(a.shape)}): {int(differ.sum())} of {a.size} elements differ, "
             f"max abs diff {max_diff}"
         )
+
+
+def _branch_nodes(tag: str, seed: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Conv(3->4, 3x3) -> Relu -> Conv(4->4, 1x1) reading the outer value ``x``; its output's name."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(_he(rng, (4, 3, 3, 3), 27), f"w_{tag}"),
+        numpy_helper.from_array(_bias(rng, 4), f"b_{tag}"),
+        numpy_helper.from_array(_he(rng, (4, 4, 1, 1), 4), f"w2_{tag}"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", f"w_{tag}", f"b_{tag}"], [f"c_{tag}"], pads=[1, 1, 1, 1], name=f"conv_{tag}"),
+        helper.make_node("Relu", [f"c_{tag}"], [f"r_{tag}"], name=f"relu_{tag}"),
+        helper.make_node("Conv", [f"r_{tag}", f"w2_{tag}"], [f"y_{tag}"], name=f"conv2_{tag}"),
+    ]
+    return nodes, inits, f"y_{tag}"
+
+
+def _if_model(branches: dict[str, onnx.GraphProto], opset: int) -> onnx.ModelProto:
+    """``y = If(sr > 8000, then, else)`` over x[1,3,8,8] (read by the branches from the outer scope)."""
+    cond = helper.make_node("Greater", ["sr", "threshold"], ["wide"], name="is_wide")
+    choose = helper.make_node("If", ["wide"], ["y"], then_branch=branches["wide"], else_branch=branches["narrow"],
+                              name="by_rate")
+    graph = helper.make_graph(
+        [cond, choose], "if_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(np.array(8000, np.int64), "threshold")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset < 21 else 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def if_float_model() -> onnx.ModelProto:
+    """A float model whose whole network sits in the two branches of an If on a sample-rate input
+    (as silero-vad's 8 kHz / 16 kHz split); each branch keeps its weights as its own initializers."""
+    branches = {}
+    for seed, tag in enumerate(("wide", "narrow")):
+        nodes, inits, out = _branch_nodes(tag, seed)
+        branches[tag] = helper.make_graph(nodes, f"branch_{tag}", [],
+                                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return _if_model(branches, 17)
+
+
+def ort_quantized_if_model(tmp_dir: str | os.PathLike) -> onnx.ModelProto:
+    """``if_float_model`` with each branch quantized by ``onnxruntime.quantization.quantize_static``.
+
+    onnxruntime's quantizer does not enter subgraphs, so each branch is quantized as a model of its
+    own (input ``x``) and put back into the If: Q/DQ pairs inside both branches, as a user who
+    quantized the branches gets, with the branch's weights, scales and zero points as its own
+    initializers.
+    """
+    branches = {}
+    for seed, tag in enumerate(("wide", "narrow")):
+        nodes, inits, out = _branch_nodes(tag, seed)
+        alone = helper.make_graph(nodes, f"branch_{tag}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+        model = helper.make_model(alone, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        quantized = ort_quantize(model, Path(tmp_dir) / tag, seed=seed)
+        graph = quantized.graph
+        del graph.input[:]
+        del graph.value_info[:]
+        branches[tag] = graph
+    return _if_model(branches, 17)

@@ -1,0 +1,111 @@
+"""Q/DQ inside If branches: every Q/DQ pass reaches into subgraphs, bit for bit in onnxruntime.
+
+The model's whole network sits in the two branches of an If on a sample-rate input (as silero-vad's
+8 kHz / 16 kHz split); the QDQ form is onnxruntime's own quantization of each branch. Both branches
+are checked (sr 16000 takes one, 8000 the other).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_ir
+import pytest
+
+import qdq_passes
+from qdq_passes.ir import dialect
+from tests.models import assert_bit_identical, if_float_model, ort_quantized_if_model, run_ort
+
+RATES = (16000, 8000)
+
+
+def _feeds(n: int = 3) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    return [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32), "sr": np.array(rate, np.int64)}
+            for rate in RATES for _ in range(n)]
+
+
+def _ops_in_branches(model: onnx_ir.Model) -> list[str]:
+    return [n.op_type for graph in model.graphs() if graph is not model.graph for n in graph]
+
+
+@pytest.fixture(scope="module")
+def qdq(tmp_path_factory) -> onnx.ModelProto:
+    return ort_quantized_if_model(tmp_path_factory.mktemp("if"))
+
+
+def _run(model: onnx.ModelProto, pipeline: str, **options) -> onnx_ir.Model:
+    return qdq_passes.run(model, pipeline, **options)
+
+
+def test_the_fixture_has_its_qdq_in_the_branches(qdq):
+    model = onnx_ir.from_proto(qdq)
+    assert [n.op_type for n in model.graph] == ["Greater", "If"]
+    assert _ops_in_branches(model).count("DequantizeLinear") == 2 * 6  # x, 2 weights, bias, relu out, y
+
+
+@pytest.mark.parametrize(("pipeline", "quantize_nodes"), [
+    # onnxruntime stores the weights folded (int8 -> DQ): 3 activation Qs per branch
+    ("insert-quantizers,lower-qdq", 10),  # a folded weight lowers to Q(dequantized) -> DQ
+    ("insert-quantizers{weights=adaround},lower-qdq", 10),
+    ("insert-quantizers,lower-qdq{weights=folded}", 6),
+    ("unfold-qdq", 10),
+    ("unfold-qdq,fold-qdq", 6),
+    ("unfold-qdq,insert-quantizers,lower-qdq", 10),
+])
+def test_qdq_passes_inside_branches_are_bit_exact(qdq, pipeline, quantize_nodes):
+    result, report = qdq_passes.run_with_report(qdq, pipeline)
+    assert all(r.modified for r in report.records), [(r.argument, r.modified) for r in report.records]
+    for feed in _feeds():
+        assert_bit_identical(run_ort(qdq, feed), run_ort(result, feed))
+    assert _ops_in_branches(result).count("QuantizeLinear") == quantize_nodes
+    assert [n.op_type for n in result.graph] == ["Greater", "If"]
+
+
+def test_insert_quantizers_turns_branch_pairs_into_quantizers(qdq):
+    result = _run(qdq, "insert-quantizers")
+    inner = [n for n in dialect.quantizer_nodes(result) if n.graph is not result.graph]
+    assert len(inner) == 12 and not [op for op in _ops_in_branches(result) if op.endswith("QuantizeLinear")]
+
+
+def test_strip_qdq_removes_the_pairs_inside_branches(qdq):
+    result = _run(qdq, "strip-qdq")
+    assert not [op for op in _ops_in_branches(result) if op in ("QuantizeLinear", "DequantizeLinear")]
+    reference = if_float_model()
+    for feed in _feeds():  # the dequantized weights stand for the float ones: close, not equal
+        np.testing.assert_allclose(run_ort(result, feed)[0], run_ort(reference, feed)[0], atol=0.05)
+
+
+def test_quantize_reaches_into_the_branches(tmp_path, caplog):
+    model = if_float_model()
+    calib = tmp_path / "calib.npz"
+    rng = np.random.default_rng(3)
+    np.savez(calib, x=rng.normal(size=(8, 3, 8, 8)).astype(np.float32),
+             sr=np.array(16000, np.int64))
+    with caplog.at_level(logging.WARNING, logger="qdq_passes"):
+        result = _run(model, "quantize{calib-batch-axis=[\"sr=none\"]}", calib=str(calib))
+    assert "6 activation(s) computed inside subgraphs stay float" in caplog.text
+    ops = _ops_in_branches(result)
+    assert ops.count("QuantizeLinear") == 4 and ops.count("DequantizeLinear") == 4 + 2  # weights, int32 biases
+    assert [n.op_type for n in result.graph] == ["QuantizeLinear", "DequantizeLinear", "Greater", "If"]  # x's pair
+    for feed in _feeds():
+        float_out = run_ort(model, feed)[0]
+        error = float(np.mean((run_ort(result, feed)[0] - float_out) ** 2))
+        assert 10 * np.log10(float(np.mean(float_out**2)) / error) > 30
+
+
+def test_adaround_names_each_branch_weight_it_cannot_train_and_keeps_it_quantized(qdq, tmp_path, caplog):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(5).normal(size=(8, 3, 8, 8)).astype(np.float32),
+             sr=np.array(16000, np.int64))
+    with caplog.at_level(logging.WARNING, logger="qdq_passes"):
+        result = _run(qdq, "insert-quantizers{weights=adaround},adaround{iters=5 calib-batch-axis=[\"sr=none\"]},"
+                           "lower-qdq", calib=str(calib))
+    lines = [r.getMessage() for r in caplog.records if "inside subgraph" in r.getMessage()]
+    assert len(lines) == 4 and {line.split("'")[-2] for line in lines} == {"branch_wide", "branch_narrow"}
+    assert "already holds learned codes" not in caplog.text
+    nearest = _run(qdq, "insert-quantizers{weights=adaround},lower-qdq")
+    for feed in _feeds():
+        assert_bit_identical(run_ort(nearest, feed), run_ort(result, feed))
