@@ -18,6 +18,7 @@ import dataclasses
 import io
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -138,14 +139,14 @@ class QuantizePass(QdqPass):
        DQ per node. Weight scales too small for the bias are enlarged as onnxruntime does. Blocked
        weights, ``acts=none`` and non-constant biases leave the bias float.
     5. Constant nodes are lifted to initializers first; a default opset below 21 is converted to 21.
-    6. Inside a subgraph, weights are quantized as in the main graph (their Q/DQ in the graph that
-       owns the weight), and so are activations that are main-graph values. A value computed inside
-       a subgraph has no calibration range (onnxruntime's calibrators see main-graph values only):
-       it stays float, and one warning counts those values (``fold-constants{inputs=["NAME=VALUE"]}``
-       inlines an ``If`` on a constant input, which makes them main-graph values).
-    6. A model that already holds QuantizeLinear/DequantizeLinear or quantizer nodes: left alone
+    6. Inside a subgraph, nodes are quantized as in the main graph, each Q/DQ pair in the graph of
+       its value (parameters in the main graph). onnxruntime's calibrators measure main-graph values
+       only, so in the calibration copy the values computed in the body of a main-graph
+       ``If``/``Loop``/``Scan`` are made outputs of that node (:func:`_lift_subgraph_values`); a
+       value in a deeper subgraph stays float, counted in one warning.
+    7. A model that already holds QuantizeLinear/DequantizeLinear or quantizer nodes: left alone
        (``modified=False``, a warning), so a second run changes nothing.
-    7. Errors, raised before anything changes: no node to quantize, missing or mismatched
+    8. Errors, raised before anything changes: no node to quantize, missing or mismatched
        calibration data, an unsupported op type in ``op-types``, blocked weights that are not rank 2.
     """
 
@@ -184,24 +185,25 @@ class QuantizePass(QdqPass):
         _convert_opset(model)
         targets = self._targets(model)  # the same nodes, seen in the converted graph
         weights = self._plan_weights(model, targets)
-        ranges = _calibrate(model, data, opts, _outer_reads(model, targets)) if data is not None else {}
+        inner = {v.name for node in targets for v in self._activation_values(node, weights)
+                 if v.graph is not model.graph and v.name}
+        ranges = _calibrate(model, data, opts, _outer_reads(model, targets), inner) if data is not None else {}
         acts: dict[onnx_ir.Value, QuantSpec] = {}
         for node in targets:
             for value in self._activation_values(node, weights):
-                if value not in acts and value.name in ranges and value.graph is model.graph:
+                if value not in acts and value.name in ranges:
                     acts[value] = _activation_spec(ranges[value.name], _QTYPES[opts.acts])
         biases = self._plan_biases(targets, weights, acts)
 
-        inner = sorted({v.name or "?" for node in targets for v in self._activation_values(node, weights)
-                        if v.graph is not model.graph})
-        if inner:
-            logger.warning("quantize: %d activation(s) computed inside subgraphs stay float (no calibration "
-                           "range there), e.g. '%s'; fold-constants{inputs=[\"NAME=VALUE\"]} inlines an If on a "
-                           "constant input", len(inner), inner[0])
+        unmeasured = sorted(name for name in inner if name not in ranges) if data is not None else []
+        if unmeasured:
+            logger.warning("quantize: %d activation(s) computed in subgraphs stay float: no calibration sample "
+                           "reached them (an If branch not taken, or a deeper subgraph; with calibration other than "
+                           "minmax, every If branch), e.g. '%s'", len(unmeasured), unmeasured[0])
         taken = value_names(model)
         self._quantize_weights(model, weights, taken)
         for value, spec in acts.items():
-            self._insert_activation_pair(model.graph, value, spec, taken)
+            self._insert_activation_pair(model.graph, value, spec, taken)  # the pair goes beside the value
         for bias in biases:
             self._quantize_bias(model.graph, bias, taken)
         self.bump("num-nodes", len(targets))
@@ -335,9 +337,9 @@ class QuantizePass(QdqPass):
             dq_out.name = base
         producer = value.producer()
         if producer is None:
-            _insert_at_start(graph, [q, dq])
+            _insert_at_start(value.graph or graph, [q, dq])
         else:
-            graph.insert_after(producer, [q, dq])
+            producer.graph.insert_after(producer, [q, dq])
         self.bump("num-activations")
 
     def _quantize_bias(self, graph: onnx_ir.Graph, bias: _Bias, taken: set[str]) -> None:
@@ -526,13 +528,57 @@ def _outer_reads(model: onnx_ir.Model, targets: list[onnx_ir.Node]) -> list[str]
     return names
 
 
+def _lift_subgraph_values(proto: onnx.ModelProto, wanted: set[str], *, branches: bool) -> dict[str, str]:
+    """Make values computed in the bodies of main-graph ``If``/``Loop``/``Scan`` nodes outputs of
+    those nodes, in the calibration copy: ``{lifted name: inner name}``.
+
+    A loop body adds them as scan outputs, stacked over the iterations. With ``branches``, an
+    ``If`` branch outputs its values and the other branch a NaN in their place, which the MinMax
+    calibrator's ``nanmin``/``nanmax`` skip: a branch no calibration sample takes gets a NaN range
+    (the caller leaves its values float). Values in deeper subgraphs are not reached.
+    """
+    lifted: dict[str, str] = {}
+
+    def produced(graph: onnx.GraphProto) -> list[str]:
+        return [name for node in graph.node for name in node.output if name in wanted and name not in lifted.values()]
+
+    def float_output(name: str) -> onnx.ValueInfoProto:
+        return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+    for node in proto.graph.node:
+        bodies = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+        if node.op_type == "If" and node.domain in ("", "ai.onnx") and branches:
+            then, other = bodies["then_branch"], bodies["else_branch"]
+            for mine, theirs in ((then, other), (other, then)):
+                for name in produced(mine):
+                    zero = f"{name}__qdq_nan"
+                    theirs.node.append(onnx.helper.make_node(
+                        "Constant", [], [zero], value=onnx.numpy_helper.from_array(np.full((), np.nan, np.float32))))
+                    pair = {id(mine): name, id(theirs): zero}
+                    for branch in (then, other):
+                        branch.output.append(float_output(pair[id(branch)]))
+                    node.output.append(f"{name}__qdq_lift")
+                    lifted[f"{name}__qdq_lift"] = name
+        elif node.op_type in ("Loop", "Scan") and node.domain in ("", "ai.onnx"):
+            body = bodies["body"]
+            for name in produced(body):
+                body.output.append(float_output(name))
+                node.output.append(f"{name}__qdq_lift")
+                lifted[f"{name}__qdq_lift"] = name
+                for attr in node.attribute:
+                    if attr.name in ("scan_output_axes", "scan_output_directions"):
+                        attr.ints.append(0)
+    return lifted
+
+
 def _calibrate(model: onnx_ir.Model, data: CalibrationData, opts: QuantizeOptions,
-               outer: list[str]) -> dict[str, object]:
+               outer: list[str], inner: set[str]) -> dict[str, object]:
     """Activation ranges (``TensorData`` by tensor name) from onnxruntime's calibrators on a temporary copy.
 
     The calibrators measure the inputs and outputs of main-graph nodes of the quantized op types;
     each ``outer`` value (a main-graph value read inside a subgraph) is measured through an
-    ``Identity`` probe added to the copy.
+    ``Identity`` probe added to the copy, and each ``inner`` value (computed inside a subgraph)
+    through a probe on its lifted copy (:func:`_lift_subgraph_values`).
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, create_calibrator
 
@@ -545,25 +591,31 @@ def _calibrate(model: onnx_ir.Model, data: CalibrationData, opts: QuantizeOption
     with tempfile.TemporaryDirectory(prefix="qdq-quantize-") as tmp:
         path = Path(tmp) / "float.onnx"
         proto = onnx_ir.to_proto(model)
-        probes = {f"{name}__qdq_probe": name for name in outer}
-        proto.graph.node.extend(onnx.helper.make_node("Identity", [name], [probe]) for probe, name in probes.items())
+        lifted = _lift_subgraph_values(proto, inner, branches=opts.calibration == "minmax")
+        probes = {f"{name}__qdq_probe": lifted.get(name, name) for name in [*outer, *lifted]}
+        outer = [*outer, *lifted]
+        proto.graph.node.extend(onnx.helper.make_node("Identity", [name], [f"{name}__qdq_probe"]) for name in outer)
         onnx.save_model(proto, path, save_as_external_data=True, location="float.onnx.data", size_threshold=1024)
         op_types = list(opts.op_types) + (["Identity"] if probes else [])
         calibrator = create_calibrator(path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=method, providers=["CPUExecutionProvider"])
-        with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime's histogram calibrators print progress
+        # onnxruntime's histogram calibrators print progress; an If branch no sample took is all NaN
+        # (see _lift_subgraph_values): numpy's warning about it is expected
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "All-NaN", RuntimeWarning)
             calibrator.collect_data(_Reader(data, batch))
         if opts.calibration == "mse":
             qtype = _QTYPES[opts.acts]
             ranges = {name: _mse_range(hist, qtype, TensorData) for name, hist in calibrator.collector.histogram_dict.items()}
         else:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "All-NaN", RuntimeWarning)
                 ranges = dict(calibrator.compute_data().data)
         del calibrator
     for probe, name in probes.items():
         if probe in ranges:
             ranges[name] = ranges.pop(probe)
-    return ranges
+    return {name: r for name, r in ranges.items() if np.all(np.isfinite(r.range_value))}
 
 
 def _mse_range(histogram: tuple, qtype: onnx_ir.DataType, tensor_data: type) -> object:

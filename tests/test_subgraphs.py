@@ -78,31 +78,48 @@ def test_strip_qdq_removes_the_pairs_inside_branches(qdq):
         np.testing.assert_allclose(run_ort(result, feed)[0], run_ort(reference, feed)[0], atol=0.05)
 
 
-def test_quantize_reaches_into_the_branches(tmp_path, caplog):
+def _calib(folder, *, rate: bool = True):
+    path = folder / ("calib.npz" if rate else "calib_no_rate.npz")
+    x = np.random.default_rng(3).normal(size=(8, 3, 8, 8)).astype(np.float32)
+    np.savez(path, x=x, **({"sr": np.array(16000, np.int64)} if rate else {}))
+    return str(path)
+
+
+def test_quantize_reaches_into_the_branch_the_calibration_takes(tmp_path, caplog):
+    """Calibrated at 16 kHz: that branch is quantized as if it were the main graph (bit for bit what
+    inlining the If first gives); the 8 kHz branch, never run, keeps float activations, said once."""
     model = if_float_model()
-    calib = tmp_path / "calib.npz"
-    rng = np.random.default_rng(3)
-    np.savez(calib, x=rng.normal(size=(8, 3, 8, 8)).astype(np.float32),
-             sr=np.array(16000, np.int64))
     with caplog.at_level(logging.WARNING, logger="qdq_passes"):
-        result = _run(model, "quantize{calib-batch-axis=[\"sr=none\"]}", calib=str(calib))
-    assert "6 activation(s) computed inside subgraphs stay float" in caplog.text
-    ops = _ops_in_branches(result)
-    assert ops.count("QuantizeLinear") == 4 and ops.count("DequantizeLinear") == 4 + 2  # weights, int32 biases
+        result = _run(model, 'quantize{calib-batch-axis=["sr=none"]}', calib=_calib(tmp_path))
+    assert "3 activation(s) computed in subgraphs stay float: no calibration sample reached them" in caplog.text
+    branches = {g.name: g for g in result.graphs() if g.name.startswith("branch_")}
+    wide, narrow = branches["branch_wide"], branches["branch_narrow"]
+    assert [n.op_type for n in wide].count("QuantizeLinear") == 2 + 3  # 2 weights; Conv, Relu, Conv outputs
+    assert [n.op_type for n in narrow].count("QuantizeLinear") == 2  # weights only
     assert [n.op_type for n in result.graph] == ["QuantizeLinear", "DequantizeLinear", "Greater", "If"]  # x's pair
+    inlined = _run(model, 'fold-constants{inputs=["sr=16000"]},quantize', calib=_calib(tmp_path, rate=False))
     for feed in _feeds():
         float_out = run_ort(model, feed)[0]
-        error = float(np.mean((run_ort(result, feed)[0] - float_out) ** 2))
+        got = run_ort(result, feed)[0]
+        if feed["sr"] == 16000:
+            assert_bit_identical(run_ort(inlined, {"x": feed["x"]}), [got])
+        error = float(np.mean((got - float_out) ** 2))
         assert 10 * np.log10(float(np.mean(float_out**2)) / error) > 30
 
 
+def test_quantize_with_a_histogram_calibration_keeps_branch_activations_float(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="qdq_passes"):
+        result = _run(if_float_model(), 'quantize{calibration=percentile calib-batch-axis=["sr=none"]}',
+                      calib=_calib(tmp_path))
+    assert "6 activation(s) computed in subgraphs stay float" in caplog.text
+    assert _ops_in_branches(result).count("QuantizeLinear") == 4
+
+
 def test_adaround_names_each_branch_weight_it_cannot_train_and_keeps_it_quantized(qdq, tmp_path, caplog):
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, x=np.random.default_rng(5).normal(size=(8, 3, 8, 8)).astype(np.float32),
-             sr=np.array(16000, np.int64))
+    calib = _calib(tmp_path)
     with caplog.at_level(logging.WARNING, logger="qdq_passes"):
         result = _run(qdq, "insert-quantizers{weights=adaround},adaround{iters=5 calib-batch-axis=[\"sr=none\"]},"
-                           "lower-qdq", calib=str(calib))
+                           "lower-qdq", calib=calib)
     lines = [r.getMessage() for r in caplog.records if "inside subgraph" in r.getMessage()]
     assert len(lines) == 4 and {line.split("'")[-2] for line in lines} == {"branch_wide", "branch_narrow"}
     assert "already holds learned codes" not in caplog.text
