@@ -540,7 +540,9 @@ def _lift_subgraph_values(proto: onnx.ModelProto, wanted: set[str], *, branches:
     lifted: dict[str, str] = {}
 
     def produced(graph: onnx.GraphProto) -> list[str]:
-        return [name for node in graph.node for name in node.output if name in wanted and name not in lifted.values()]
+        """The wanted values the body defines: its inputs (a loop's carried state), its nodes' outputs."""
+        names = [v.name for v in graph.input] + [name for node in graph.node for name in node.output]
+        return [name for name in names if name in wanted and name not in lifted.values()]
 
     def float_output(name: str) -> onnx.ValueInfoProto:
         return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)

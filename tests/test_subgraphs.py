@@ -126,3 +126,44 @@ def test_adaround_names_each_branch_weight_it_cannot_train_and_keeps_it_quantize
     nearest = _run(qdq, "insert-quantizers{weights=adaround},lower-qdq")
     for feed in _feeds():
         assert_bit_identical(run_ort(nearest, feed), run_ort(result, feed))
+
+
+def _loop_model() -> onnx.ModelProto:
+    """h <- Relu(MatMul(h, W)) three times in a Loop; W is the body's own initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(11).normal(0, 0.4, (6, 6)) + 0.2).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["h_in", "w"], ["mm"], name="step_matmul"),
+         helper.make_node("Relu", ["mm"], ["h_out"])],
+        "loop_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 6])],
+        [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body, name="steps")], "loop_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+        [numpy_helper.from_array(np.array(3, np.int64), "trips"), numpy_helper.from_array(np.array(True), "keep_going")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_quantize_measures_every_iteration_of_a_loop_body(tmp_path):
+    model = _loop_model()
+    rng = np.random.default_rng(12)
+    np.savez(tmp_path / "calib.npz", x=np.abs(rng.normal(size=(16, 6))).astype(np.float32))
+    result, report = qdq_passes.run_with_report(model, "quantize", calib=str(tmp_path / "calib.npz"))
+    body = [g for g in result.graphs() if g.name == "loop_body"][0]
+    assert [n.op_type for n in body].count("QuantizeLinear") == 1 + 2  # the weight; h_in and mm (h_out: Relu's)
+    signal = noise = 0.0
+    for x in np.abs(rng.normal(size=(8, 1, 6))).astype(np.float32):
+        want, got = run_ort(model, {"x": x})[0], run_ort(result, {"x": x})[0]
+        signal, noise = signal + float(np.sum(want**2)), noise + float(np.sum((got - want) ** 2))
+    assert signal > 0 and 10 * np.log10(signal / noise) > 25
