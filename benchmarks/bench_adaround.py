@@ -80,7 +80,7 @@ def worker(model: str, config: str, iters: int, threads: int) -> dict:
 
     import qdq_passes
     from qdq_passes.adaround import AdaroundPass
-    from qdq_passes.insert_quantizers import InsertQuantizersPass
+    from qdq_passes.passes.insert_quantizers import InsertQuantizersPass
     from tests.adaround_models import save_npz, sqnr_db, top1_agreement
     from tests.models import run_ort
 

@@ -18,12 +18,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qdq_passes.api import PIPELINE_KEY, VERSION_KEY, run, run_with_report, stamp_provenance
+    from qdq_passes.api import (
+        PIPELINE_KEY, VERSION_KEY, get_pass, parse_pipeline, registered_passes, run, run_with_report, stamp_provenance)
     from qdq_passes.infra.errors import QdqError
     from qdq_passes.infra.manager import PassManager, RunReport
     from qdq_passes.infra.pass_base import QdqPass
-    from qdq_passes.infra.pipeline import Pipeline, parse_pipeline
-    from qdq_passes.infra.registry import get_pass, register_pass, registered_passes
+    from qdq_passes.infra.pipeline import Pipeline
+    from qdq_passes.infra.registry import register_pass
     from qdq_passes.model_io import load_model, save_model
     from qdq_passes.runtime import configure
     from qdq_passes.version import __version__
@@ -35,15 +36,15 @@ _SOURCES = {
     "stamp_provenance": "qdq_passes.api",
     "PIPELINE_KEY": "qdq_passes.api",
     "VERSION_KEY": "qdq_passes.api",
-    "parse_pipeline": "qdq_passes.infra.pipeline",
+    "parse_pipeline": "qdq_passes.api",
     "Pipeline": "qdq_passes.infra.pipeline",
     "PassManager": "qdq_passes.infra.manager",
     "RunReport": "qdq_passes.infra.manager",
     "QdqPass": "qdq_passes.infra.pass_base",
     "QdqError": "qdq_passes.infra.errors",
     "register_pass": "qdq_passes.infra.registry",
-    "get_pass": "qdq_passes.infra.registry",
-    "registered_passes": "qdq_passes.infra.registry",
+    "get_pass": "qdq_passes.api",
+    "registered_passes": "qdq_passes.api",
     "load_model": "qdq_passes.model_io",
     "save_model": "qdq_passes.model_io",
     "configure": "qdq_passes.runtime",

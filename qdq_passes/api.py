@@ -9,12 +9,35 @@ import onnx
 import onnx_ir
 
 from qdq_passes.infra.manager import PassManager, RunReport
-from qdq_passes.infra.pipeline import Pipeline, parse_pipeline
+from qdq_passes.infra import pipeline as _pipeline
+from qdq_passes.infra import registry as _registry
+from qdq_passes.infra.pass_base import QdqPass
+from qdq_passes.infra.pipeline import Pipeline
+from qdq_passes.passes import register_builtin_passes
 from qdq_passes.model_io import load_model
 from qdq_passes.runtime import configure
 from qdq_passes.version import __version__
 
-__all__ = ["run", "run_with_report", "stamp_provenance", "PIPELINE_KEY", "VERSION_KEY"]
+__all__ = ["run", "run_with_report", "stamp_provenance", "parse_pipeline", "get_pass", "registered_passes",
+           "PIPELINE_KEY", "VERSION_KEY"]
+
+def parse_pipeline(text: str, *, defaults: dict | None = None) -> Pipeline:
+    """Parse pipeline text over the built-in and plugin passes (see :mod:`qdq_passes.infra.pipeline`)."""
+    register_builtin_passes()
+    return _pipeline.parse_pipeline(text, defaults=defaults)
+
+
+def get_pass(name: str) -> type[QdqPass]:
+    """The pass registered as ``name``, built-in and plugin passes included."""
+    register_builtin_passes()
+    return _registry.get_pass(name)
+
+
+def registered_passes() -> dict[str, type[QdqPass]]:
+    """Every pass, built-in and plugin, sorted by name."""
+    register_builtin_passes()
+    return _registry.registered_passes()
+
 
 PIPELINE_KEY = "qdq_passes.pipeline"
 VERSION_KEY = "qdq_passes.version"

@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def list_passes_text() -> str:
     """The ``--list-passes`` listing: name, summary, options (type, default, help), statistics."""
+    from qdq_passes.api import registered_passes
     from qdq_passes.infra.options import option_fields
-    from qdq_passes.infra.registry import registered_passes
 
     lines = ["Available passes:"]
     for name, cls in registered_passes().items():
@@ -234,7 +234,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import qdq_passes
     from qdq_passes.infra.manager import PassManager
     from qdq_passes.infra.options import input_paths
-    from qdq_passes.infra.registry import get_pass
+    from qdq_passes.api import get_pass
     from qdq_passes.model_io import (
         check_writes, external_data_files, external_data_path, load_model, model_format, model_text, save_model)
 

@@ -21,7 +21,7 @@ import pytest
 
 import qdq_passes
 from qdq_passes.adaround import AdaroundPass, BlockReport
-from qdq_passes.insert_quantizers import InsertQuantizersPass
+from qdq_passes.passes.insert_quantizers import InsertQuantizersPass
 from qdq_passes.ir import dialect
 from qdq_passes.ir.qdq import constant_array
 from tests.adaround_models import Case, cnn_case, ort_int4, save_npz, sqnr_db, transformer_case
@@ -304,17 +304,17 @@ def _mlp_qdq(tmp_path):
 
 def test_block_torch_cannot_run_is_skipped_and_run_by_onnxruntime(tmp_path, monkeypatch, caplog):
     """A block torch builds but cannot run (a RuntimeError): nearest kept, counted, onnxruntime used."""
-    from qdq_passes import adaround as adaround_module
+    from qdq_passes.adaround import runner as adaround_module
 
     model, calib = _mlp_qdq(tmp_path)
-    original = adaround_module._Runner._process
+    original = adaround_module.Runner._process
 
     def failing(self, block, *args):  # noqa: ANN001, ANN202
         if block.index == 0:
             raise RuntimeError("shape '[256, 16]' is invalid for input of size 512")
         return original(self, block, *args)
 
-    monkeypatch.setattr(adaround_module._Runner, "_process", failing)
+    monkeypatch.setattr(adaround_module.Runner, "_process", failing)
     ada = AdaroundPass(calib=str(calib), iters=10, max_ops=1, threads=1)
     with caplog.at_level("WARNING", logger="qdq_passes"):
         assert ada(model).modified
@@ -329,10 +329,10 @@ def test_block_torch_cannot_run_is_skipped_and_run_by_onnxruntime(tmp_path, monk
 def test_block_neither_runtime_can_run_is_reported_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
     """A block neither torch nor onnxruntime evaluates never ends the run: it and the blocks that
     need its outputs keep nearest rounding, each reported with its cause; the rest still trains."""
-    from qdq_passes import adaround as adaround_module
+    from qdq_passes.adaround import runner as adaround_module
 
     model, calib = _mlp_qdq(tmp_path)
-    original = adaround_module._Runner._process
+    original = adaround_module.Runner._process
 
     def failing(self, block, *args):  # noqa: ANN001, ANN202
         if block.index == 1:
@@ -342,8 +342,8 @@ def test_block_neither_runtime_can_run_is_reported_and_the_run_goes_on(tmp_path,
     def ort_failing(self, block):  # noqa: ANN001, ANN202
         raise ValueError("Got invalid dimensions for input")
 
-    monkeypatch.setattr(adaround_module._Runner, "_process", failing)
-    monkeypatch.setattr(adaround_module._Runner, "_run_with_onnxruntime", ort_failing)
+    monkeypatch.setattr(adaround_module.Runner, "_process", failing)
+    monkeypatch.setattr(adaround_module.Runner, "_run_with_onnxruntime", ort_failing)
     ada = AdaroundPass(calib=str(calib), iters=5, threads=1, max_ops=1)
     with caplog.at_level("WARNING", logger="qdq_passes"):
         assert ada(model).modified
@@ -380,7 +380,7 @@ def test_onnxruntime_fallback_runs_a_real_block_on_both_paths(tmp_path, monkeypa
     """The block torch cannot convert is known before training, and onnxruntime evaluates it cut
     out of the model: every function overload it calls, its inputs fed, the float meaning inside
     it only. Its cached outputs follow the quantized model and the float model."""
-    from qdq_passes import adaround as adaround_module
+    from qdq_passes.adaround import runner as adaround_module
     from tests.models import ort_quantize, random_inputs
 
     float_model = _hardmax_residual()
@@ -388,13 +388,13 @@ def test_onnxruntime_fallback_runs_a_real_block_on_both_paths(tmp_path, monkeypa
     x = np.concatenate([f["x"] for f in random_inputs(float_model, n=32, seed=1)])  # the ranges' samples
     calib = save_npz(tmp_path / "calib.npz", {"x": x})
     cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    original = adaround_module._Runner._run_with_onnxruntime
+    original = adaround_module.Runner._run_with_onnxruntime
 
     def recording(self, block):  # noqa: ANN001, ANN202
         original(self, block)
         cached.update({v.name: (self.quant.get(v), self.float.get(v)) for v in block.outputs})
 
-    monkeypatch.setattr(adaround_module._Runner, "_run_with_onnxruntime", recording)
+    monkeypatch.setattr(adaround_module.Runner, "_run_with_onnxruntime", recording)
     model = _load(qdq)
     InsertQuantizersPass(weights="adaround")(model)
     overloads = {n.overload for n in model.graph if n.op_type == "INTQuantizer"}
@@ -472,7 +472,7 @@ def _hard_swish_chain(layers: int = 6) -> onnx.ModelProto:
 def test_float_path_restores_the_clip_onnxruntime_folded_into_a_quantizer(tmp_path, monkeypatch):
     """The float meaning of a quantizer whose range is onnxruntime's removed ``Clip(0, 6)`` clamps at
     6 too: the float activations follow the float model (a Relu alone let PP-OCR's grow to inf)."""
-    from qdq_passes import adaround as adaround_module
+    from qdq_passes.adaround import runner as adaround_module
     from tests.models import ort_quantize, random_inputs
 
     float_model = _hard_swish_chain()
@@ -481,14 +481,15 @@ def test_float_path_restores_the_clip_onnxruntime_folded_into_a_quantizer(tmp_pa
     x = np.concatenate([f["x"] for f in random_inputs(float_model, n=16, seed=0)])
     calib = save_npz(tmp_path / "calib.npz", {"x": x})
     float_out: dict[str, np.ndarray] = {}
-    original = adaround_module._Runner._process
+    original = adaround_module.Runner._process
 
     def recording(self, block, *args):  # noqa: ANN001, ANN202
-        original(self, block, *args)
+        result = original(self, block, *args)
         for v in block.outputs:
             float_out[v.name] = np.array(self.float.get(v))
+        return result
 
-    monkeypatch.setattr(adaround_module._Runner, "_process", recording)
+    monkeypatch.setattr(adaround_module.Runner, "_process", recording)
     model = _load(qdq)
     InsertQuantizersPass(weights="adaround")(model)
     AdaroundPass(calib=str(calib), iters=1, threads=1)(model)

@@ -20,9 +20,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from qdq_passes.adaround import AdaroundPass
-from qdq_passes.adaround_gram import GramLoss, gram_layout, polish
+from qdq_passes.adaround.gram import GramLoss, gram_layout, polish
 from qdq_passes.infra.errors import QdqError
-from qdq_passes.insert_quantizers import InsertQuantizersPass
+from qdq_passes.passes.insert_quantizers import InsertQuantizersPass
 from tests.adaround_models import ort_int4, save_npz, sqnr_db
 from tests.models import run_ort
 
@@ -161,16 +161,16 @@ def test_polish_lowers_the_held_out_error_at_few_iterations(tmp_path):
 
 
 def test_per_sample_errors_average_to_the_loss_and_decide_only_clear_gains():
-    from qdq_passes.adaround import _clearly_lower, _recon, _recon_per_sample
+    from qdq_passes.adaround.selection import clearly_lower, per_sample_loss, reconstruction_loss
 
     g = torch.Generator().manual_seed(0)
     outs = [torch.randn(6, 3, 4, 5, generator=g), torch.randn(6, 7, generator=g), torch.randn(6, generator=g)]
     tgts = [torch.randn(t.shape, generator=g) for t in outs]
     relus = [True, False, False]
-    per = _recon_per_sample(torch, outs, tgts, relus)
+    per = per_sample_loss(outs, tgts, relus)
     assert per.shape == (6,) and per.dtype == torch.float64
-    assert float(per.mean()) == pytest.approx(float(_recon(torch, outs, tgts, relus)), rel=1e-6)
+    assert float(per.mean()) == pytest.approx(float(reconstruction_loss(outs, tgts, relus)), rel=1e-6)
     old = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
-    assert _clearly_lower(old - 0.5, old)  # the same gain on every sample
-    assert not _clearly_lower(old + torch.tensor([-3.0, 2.9, -0.1, 0.1], dtype=torch.float64), old)  # noise
-    assert not _clearly_lower(old, old) and not _clearly_lower(old[:1] - 1, old[:1])  # one sample: no verdict
+    assert clearly_lower(old - 0.5, old)  # the same gain on every sample
+    assert not clearly_lower(old + torch.tensor([-3.0, 2.9, -0.1, 0.1], dtype=torch.float64), old)  # noise
+    assert not clearly_lower(old, old) and not clearly_lower(old[:1] - 1, old[:1])  # one sample: no verdict

@@ -4,12 +4,12 @@
   over axis 1 and averaged over the rest, on the whole data, in value and gradient (float64).
 * The pass on a single-Gemm model takes the Gram path (``gram=auto``) and is at least as good as
   nearest rounding; ``gram=off`` runs the direct path.
-* Direct path: the cut block (``_Split``: the part that does not depend on the rounding evaluated
-  once, then the rest on the soft weights of ``_SoftWeight``) computes what the whole block module
+* Direct path: the cut block (``Split``: the part that does not depend on the rounding evaluated
+  once, then the rest on the soft weights of ``SoftWeight``) computes what the whole block module
   computes with the quantizers' own soft rounding, bit for bit.
 * Conv fast path: ``ConvReluLoss`` equals the direct conv + Relu loss in value and gradient
   (float64, pads/strides/dilations/no bias), and the pass on the CNN takes it and writes the same
-  codes as with it off. ``_SoftChain`` and ``_FusedAdam`` give the same bits as autograd through
+  codes as with it off. ``SoftChain`` and ``FusedAdam`` give the same bits as autograd through
   the quantizer's ops and as ``torch.optim.Adam(fused=True)``.
 """
 
@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from qdq_passes.adaround import AdaroundPass, _SoftChain, _SoftWeight, _Split
-from qdq_passes.adaround_gram import GramLoss, gram_layout
-from qdq_passes.insert_quantizers import InsertQuantizersPass
+from qdq_passes.adaround import AdaroundPass, Tuning
+from qdq_passes.adaround.soft_rounding import SoftChain, SoftWeight
+from qdq_passes.adaround.split import Split
+from qdq_passes.adaround.gram import GramLoss, gram_layout
+from qdq_passes.passes.insert_quantizers import InsertQuantizersPass
 from qdq_passes.ir import dialect
 from qdq_passes.ir.blocks import BlockPartition
 from tests.adaround_models import ort_int4, save_npz, sqnr_db, transformer_case
@@ -134,11 +136,12 @@ def gemm_case(request):
     return _gemm_case(request.param)
 
 
-def _run(gemm_case, tmp_path, **options):
+def _run(gemm_case, tmp_path, tuning=None, **options):
     model, qdq, calib, _ = gemm_case
     ir_model = onnx_ir.from_proto(onnx.load_model_from_string(qdq.SerializeToString()))
     InsertQuantizersPass(weights="adaround")(ir_model)
-    ada = AdaroundPass(calib=str(save_npz(tmp_path / "calib.npz", {"x": calib})), iters=300, threads=1, **options)
+    ada = AdaroundPass(calib=str(save_npz(tmp_path / "calib.npz", {"x": calib})), iters=300, threads=1, tuning=tuning,
+                       **options)
     ada(ir_model)
     import qdq_passes
 
@@ -164,21 +167,20 @@ def test_single_gemm_takes_the_gram_path_and_beats_nearest(gemm_case, tmp_path):
 
 def test_evaluation_chunks_follow_the_memory_budget(gemm_case, tmp_path, monkeypatch):
     """Full-data evaluations run in chunks sized from the block's measured per-sample intermediates
-    (``EVAL_BUDGET_MB``); a budget that allows one sample at a time gives the same codes."""
-    import qdq_passes.adaround as adaround_module
+    (``Tuning.eval_budget_mb``); a budget that allows one sample at a time gives the same codes."""
+    import qdq_passes.adaround.runner as adaround_module
 
     chunks: list[int] = []
-    size = adaround_module._Runner._size_chunks
+    size = adaround_module.Runner._size_chunks
 
     def record(self, module, inputs):  # noqa: ANN001
         size(self, module, inputs)
         chunks.append(self.eval_chunk)
 
-    monkeypatch.setattr(adaround_module._Runner, "_size_chunks", record)
+    monkeypatch.setattr(adaround_module.Runner, "_size_chunks", record)
     _, default = _run(gemm_case, tmp_path)
     assert chunks and chunks[0] == 256
-    monkeypatch.setattr(adaround_module, "EVAL_BUDGET_MB", 0)
-    _, tiny = _run(gemm_case, tmp_path)
+    _, tiny = _run(gemm_case, tmp_path, tuning=Tuning(eval_budget_mb=0))
     assert chunks[-1] == 1
     codes = [[np.asarray(init.const_value.numpy()) for init in m.graph.initializers.values()
               if init.const_value is not None and init.const_value.dtype.itemsize <= 1] for m in (default, tiny)]
@@ -235,15 +237,15 @@ def test_cut_block_matches_whole_block_with_soft_rounding():
             # random tensors of the recorded shapes (the comparison is of two evaluations).
             inputs = [x if v.name == "x" else torch.randn([8, *[d for d in v.shape[1:]]], generator=gen)
                       for v in block.inputs]
-            split = _Split(block, pairs, model.opset_imports, torch.device("cpu"))
+            split = Split(block, [n for n, _ in pairs], model.opset_imports, torch.device("cpu"))
             per_sample, constants = split.frontier(inputs, 3)
-            weights = [_SoftWeight(n, q, torch.device("cpu")) for n, q in pairs]
+            weights = [SoftWeight(n, q, torch.device("cpu")) for n, q in pairs]
             for _, q in pairs:
                 q.use_soft_rounding = True
             try:
                 with torch.no_grad():
                     expected = whole(*inputs)
-                    got = split.module(*per_sample, *constants, *[w.soft(w.quantizer.h()) for w in weights])
+                    got = split.module(*per_sample, *constants, *[w.dequantize(w.quantizer.h()) for w in weights])
             finally:
                 for _, q in pairs:
                     q.use_soft_rounding = False
@@ -273,8 +275,8 @@ CONV_CASES = {
 def test_conv_fast_path_loss_and_gradient_equal_direct(kind):
     """ConvReluLoss equals the direct path (block conv, Relu, squared error summed over channels and
     averaged over the rest) on a gathered batch, in value and gradient (float64)."""
-    from qdq_passes.adaround import _recon
-    from qdq_passes.adaround_conv import ConvReluLoss, conv_geometry
+    from qdq_passes.adaround.selection import reconstruction_loss
+    from qdq_passes.adaround.conv import ConvReluLoss, conv_geometry
     from qdq_passes.ir.to_torch import block_to_module
 
     attrs = dict(CONV_CASES[kind])
@@ -312,24 +314,22 @@ def test_conv_fast_path_loss_and_gradient_equal_direct(kind):
         loss_hand, grad_hand = fast.loss_and_grad(wq.detach(), idx)  # no autograd
         torch.testing.assert_close(loss_hand, loss_direct, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(grad_hand, grad_direct, rtol=1e-10, atol=1e-12)
-        loss32 = _recon(torch, [out.float()], [target.index_select(0, idx).float()], [True], targets_done=True)
+        loss32 = reconstruction_loss([out.float()], [target.index_select(0, idx).float()], [True], targets_done=True)
         torch.testing.assert_close(loss_fast.float(), loss32, rtol=1e-5, atol=1e-7)
 
 
 def test_conv_fast_path_same_codes_as_direct_path(tmp_path, monkeypatch):
     """On the CNN the pass takes the conv path for its Relu-compared conv blocks and writes the same
     codes as the direct path (float32: same batches, loss and gradient up to rounding)."""
-    import qdq_passes.adaround as adaround_module
     from tests.adaround_models import cnn_case
 
     case = cnn_case()
     calib = save_npz(tmp_path / "calib.npz", {"input": case.calib["input"][:32]})
     runs = {}
     for mode in ("on", "off"):
-        monkeypatch.setattr(adaround_module, "CONV_FAST", mode == "on")
         model = onnx_ir.from_proto(onnx.load_model_from_string(case.qdq_model.SerializeToString()))
         InsertQuantizersPass(weights="adaround")(model)
-        ada = AdaroundPass(calib=str(calib), iters=30, batch_size=8, threads=1)
+        ada = AdaroundPass(calib=str(calib), iters=30, batch_size=8, threads=1, tuning=Tuning(conv_fast=mode == "on"))
         ada(model)
         codes = {n.name: np.asarray(n.inputs[0].const_value.numpy()).copy() for n in model.graph
                  if n.op_type == dialect.ADAROUND_QUANTIZER}
@@ -380,12 +380,12 @@ def test_relu_compared_convs_take_gram_steps_then_exact_ones(tmp_path):
 
 def test_fused_adam_matches_torch_adam():
     """The pass's Adam (one fused-kernel call per step) updates exactly as torch's fused Adam."""
-    from qdq_passes.adaround import _FusedAdam
+    from qdq_passes.adaround.soft_rounding import FusedAdam
 
     gen = torch.Generator().manual_seed(3)
     a = [torch.randn(5, 3, generator=gen).requires_grad_(), torch.randn(7, generator=gen).requires_grad_()]
     b = [t.detach().clone().requires_grad_() for t in a]
-    ours = _FusedAdam(torch, a, 0.1)
+    ours = FusedAdam(a, 0.1)
     ref = torch.optim.Adam(b, lr=0.1, fused=True)
     for _ in range(5):
         grads = [torch.randn(t.shape, generator=gen) for t in a]
@@ -398,11 +398,15 @@ def test_fused_adam_matches_torch_adam():
             assert torch.equal(x, y)
 
 
+def _regularizer(h, beta: float):  # noqa: ANN001, ANN202
+    """AdaRound's rounding regulariser ``sum(1 - |2h - 1| ** beta)``, written out as the paper has it."""
+    return (1 - (2 * h - 1).abs().pow(beta)).sum()
+
+
 def test_soft_chain_matches_quantizer_ops():
-    """``_SoftWeight.soft_and_regularizer`` (one autograd node) equals ``soft(h())`` and
+    """``SoftWeight.soft_and_regularizer`` (one autograd node) equals ``soft(h())`` and
     ``reg * _regularizer(h, beta)`` in value and in alpha's gradient (float64), clamped codes and
     saturated h included."""
-    from qdq_passes.adaround import _regularizer
     from qdq_passes.quantizers import materialize
 
     case = transformer_case()
@@ -410,7 +414,7 @@ def test_soft_chain_matches_quantizer_ops():
     InsertQuantizersPass(weights="adaround")(model)
     node = next(n for n in model.graph if n.op_type == dialect.ADAROUND_QUANTIZER)
     q = materialize(node)
-    sw = _SoftWeight(node, q, torch.device("cpu"))
+    sw = SoftWeight(node, q, torch.device("cpu"))
     dt = torch.float64
     for name in ("weight", "scale", "zero_point", "floor", "lo", "hi"):
         setattr(sw, name, getattr(sw, name).to(dt))
@@ -422,24 +426,24 @@ def test_soft_chain_matches_quantizer_ops():
     gw = torch.randn(sw.weight.shape, generator=gen, dtype=dt)
     for beta, reg in ((None, 0.01), (20.0, 0.01), (3.0, 0.5)):
         q.alpha.grad = None
-        w_ref = sw.soft(q.h())
+        w_ref = sw.dequantize(q.h())
         loss_ref = (w_ref * gw).sum()
         if beta is not None:
             loss_ref = loss_ref + reg * _regularizer(q.h(), beta)
         (g_ref,) = torch.autograd.grad(loss_ref, q.alpha)
-        w, r = _SoftChain.apply(q.alpha, sw, beta, reg)
+        w, r = SoftChain.apply(q.alpha, sw, beta, reg)
         loss = (w * gw).sum() + (r if beta is not None else 0)
         (g,) = torch.autograd.grad(loss, q.alpha)
         torch.testing.assert_close(w, w_ref, rtol=0, atol=0)
         torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
     # float32, as the pass runs it: the same bits as autograd through the quantizer's ops
-    sw32 = _SoftWeight(node, q, torch.device("cpu"))
+    sw32 = SoftWeight(node, q, torch.device("cpu"))
     q.alpha = torch.nn.Parameter((4 * torch.randn(q.alpha.shape, generator=gen)).float())
     gw = torch.randn(sw32.weight.shape, generator=gen)
     for beta, reg in ((None, 0.01), (20.0, 0.01), (2.5, 0.01)):
         h = q.h()
-        loss_ref = (sw32.soft(h) * gw).sum()
+        loss_ref = (sw32.dequantize(h) * gw).sum()
         if beta is not None:
             loss_ref = loss_ref + reg * sum(_regularizer(x, beta) for x in [h])
         (g_ref,) = torch.autograd.grad(loss_ref, q.alpha)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from qdq_passes.cli import main
 from qdq_passes.infra.options import option_fields
-from qdq_passes.infra.registry import registered_passes
+from qdq_passes import registered_passes
 from tests.models import conv_relu_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

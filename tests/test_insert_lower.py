@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qdq_passes
 from qdq_passes.infra.errors import OptionError, QdqError, QuantizationError
-from qdq_passes.insert_quantizers import InsertQuantizersPass
+from qdq_passes.passes.insert_quantizers import InsertQuantizersPass
 from qdq_passes.ir import dialect
-from qdq_passes.lower_qdq import LowerQdqPass
+from qdq_passes.passes.lower_qdq import LowerQdqPass
 from tests.models import assert_bit_identical, run_ort
 from tests.qdq_matrix import CASES, feeds, quantized
 

@@ -17,7 +17,7 @@ from qdq_passes.calib import CalibrationError
 from qdq_passes.cli import main as qdq_opt
 from qdq_passes.infra.errors import OptionError, PreconditionFailed, QuantizationError
 from qdq_passes.ir.printer import print_model
-from qdq_passes.quantize import QuantizePass
+from qdq_passes.passes.quantize import QuantizePass
 from tests.models import (
     _FeedReader,
     assert_bit_identical,

@@ -207,25 +207,20 @@ class ConvertContext:
 
     def attr_int(self, name: str, default: int) -> int:
         """An INT attribute."""
-        attr = self.node.attributes.get(name)
-        return default if attr is None else attr.as_int()
+        return self.node.attributes.get_int(name, default)
 
     def attr_float(self, name: str, default: float) -> float:
         """A FLOAT attribute."""
-        attr = self.node.attributes.get(name)
-        return default if attr is None else attr.as_float()
+        return self.node.attributes.get_float(name, default)
 
     def attr_ints(self, name: str, default: Sequence[int] | None = None) -> list[int] | None:
         """An INTS attribute as a list (``default`` when absent)."""
-        attr = self.node.attributes.get(name)
-        if attr is None:
-            return None if default is None else list(default)
-        return list(attr.as_ints())
+        value = self.node.attributes.get_ints(name, default)
+        return None if value is None else list(value)
 
     def attr_string(self, name: str, default: str) -> str:
         """A STRING attribute."""
-        attr = self.node.attributes.get(name)
-        return default if attr is None else attr.as_string()
+        return self.node.attributes.get_string(name, default)
 
     def reject_attrs(self, **unsupported: Any) -> None:
         """Raise when an attribute is set to a value other than the one given (the supported one)."""

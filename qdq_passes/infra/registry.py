@@ -1,4 +1,8 @@
-"""The pass registry: every pass is found by its pipeline name (its ``argument``)."""
+"""The pass registry: every pass is found by its pipeline name (its ``argument``).
+
+The registry holds the table and the decorator only; which passes exist is decided outside the
+infrastructure (:func:`qdq_passes.passes.register_builtin_passes`: the built-in ones and plugins).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,6 @@ def register_pass(cls: P) -> P:
 
 def get_pass(name: str) -> type[QdqPass]:
     """The pass class registered as ``name``; unknown names fail with a close-match suggestion."""
-    _load_builtin_passes()
     try:
         return _PASSES[name]
     except KeyError:
@@ -43,10 +46,4 @@ def get_pass(name: str) -> type[QdqPass]:
 
 def registered_passes() -> dict[str, type[QdqPass]]:
     """All registered passes, sorted by name."""
-    _load_builtin_passes()
     return dict(sorted(_PASSES.items()))
-
-
-def _load_builtin_passes() -> None:
-    """Import the modules that define the built-in passes (they register on import)."""
-    import qdq_passes.passes  # noqa: F401

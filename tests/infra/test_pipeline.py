@@ -7,6 +7,7 @@ from typing import Literal
 
 import pytest
 
+import qdq_passes
 from qdq_passes import parse_pipeline
 from qdq_passes.infra import registry
 from qdq_passes.infra.errors import OptionError, PipelineSyntaxError, UnknownPassError
@@ -153,7 +154,7 @@ def _numeric_options() -> list[tuple[str, str, str]]:
     from qdq_passes.infra.options import option_fields
 
     found = []
-    for name, cls in registry.registered_passes().items():
+    for name, cls in qdq_passes.registered_passes().items():
         for field in option_fields(cls.Options):
             args = typing.get_args(field.type) or (field.type,)
             kinds = {a for a in args if a in (int, float)}

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qdq_passes.ir.blocks import Block, BlockPartition, is_shape_node
-from qdq_passes.print_blocks import PrintBlocksPass
+from qdq_passes.passes.print_blocks import PrintBlocksPass
 from tests.models import conv_relu_model, ort_quantize
 from tests.qdq_matrix import MODELS, quantized
 

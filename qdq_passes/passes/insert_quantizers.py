@@ -92,7 +92,7 @@ class InsertQuantizersPass(QdqPass):
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         unfolded = False
         if self.options.float_model is not None:
-            from qdq_passes.unfold_qdq import UnfoldQdqPass
+            from qdq_passes.passes.unfold_qdq import UnfoldQdqPass
 
             unfolded = UnfoldQdqPass(float_model=self.options.float_model)(model).modified
         scan = scan_points(self, model)

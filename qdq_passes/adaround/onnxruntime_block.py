@@ -4,97 +4,27 @@
 inputs as graph inputs (whatever produced them: a graph input, an earlier block's quantizer, ...),
 the initializers it reads, and every function its nodes call (each dialect quantizer overload
 included) with the opsets they need. With ``float_path`` every quantizer takes its float meaning
-(:func:`float_clamp`) inside the sub-model only. :func:`prefix_model` is the same over the whole
+(:mod:`.float_path`) inside the sub-model only. :func:`prefix_model` is the same over the whole
 graph with chosen values as outputs (the last resort: the model's prefix up to a block, from the
 graph inputs). :class:`BlockSession` runs such a model sample by sample.
-
-The float meaning of a quantizer is defined here, once, for both runtimes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_ir
 
+from qdq_passes.adaround.batch_axes import batch_axis, model_layout, num_samples
+from qdq_passes.adaround.float_path import float_nodes
 from qdq_passes.ir import dialect
 from qdq_passes.ir.blocks import outer_values
-from qdq_passes.ir.qdq import constant_array, node_label
+from qdq_passes.ir.qdq import node_label
 from qdq_passes.runtime import ort_session_options
 
-__all__ = ["BlockSession", "NoBatchAxis", "batch_axis", "block_model", "float_clamp", "model_layout", "prefix_model", "zero_based"]
-
-
-class NoBatchAxis(ValueError):
-    """A value whose batch axis cannot be told (the batch folded into another axis: ``[T * B, C]``)."""
-
-
-def batch_axis(one: Sequence[int], two: Sequence[int], name: str) -> int | None:
-    """The batch axis of a value from its shapes on 1 and on 2 samples (None: it has none, the
-    samples share it); ``ValueError`` naming it when no single axis grows from 1 to 2."""
-    if len(one) == len(two):
-        grown = [k for k, (a, b) in enumerate(zip(one, two)) if a != b]
-        if not grown:
-            return None
-        if len(grown) == 1 and one[grown[0]] == 1 and two[grown[0]] == 2:
-            return grown[0]
-    raise NoBatchAxis(f"value {name!r} has shape {list(one)} on 1 sample and {list(two)} on 2: no batch axis")
-
-
-def model_layout(array: np.ndarray, start: int, stop: int, axis: int | None) -> np.ndarray:
-    """Samples ``start:stop`` of a cached value (samples on axis 0) in the model's layout."""
-    if axis is None:
-        return array[0, ...]  # a 0-d array, not a numpy scalar
-    part = array[start:stop]
-    return np.moveaxis(part, 0, axis) if axis else part
-
-
-def zero_based(node: onnx_ir.Node) -> bool:
-    """Whether an activation quantizer's representable range starts at exactly 0 (a Relu's clamp)."""
-    if constant_array(node.inputs[0]) is not None:
-        return False
-    spec = dialect.quantizer_spec(node)
-    lower = (spec.qmin - spec.zero_point.astype(np.float64)) * spec.scale.astype(np.float64)
-    return bool(np.all(lower == 0))
-
-
-def float_clamp(node: onnx_ir.Node) -> float | None:
-    """The upper end of the float meaning ``clamp(x, 0, upper)`` of a zero-based activation
-    quantizer (``math.inf`` for a plain Relu), None for the others (identity).
-
-    onnxruntime's quantizer removes a Relu or ``Clip(0, c)`` whose output a quantizer reads and lets
-    the quantizer's range do the clamping: ``[0, c]`` for a Clip (a hard-swish's ``Clip(x + 3, 0,
-    6)`` in MobileNetV3), ``[0, calibrated max]`` for a Relu. Clamping at the range's upper end
-    restores the Clip, and leaves a Relu's calibration samples alone (MinMax puts the range's end at
-    or above their max); a Relu alone let PP-OCR's float activations grow to inf over 16
-    hard-swish blocks. Per-axis activation quantizers keep a plain Relu.
-    """
-    if not zero_based(node):
-        return None
-    spec = dialect.quantizer_spec(node)
-    if spec.scale.size != 1:
-        return math.inf
-    upper = (spec.qmax - float(spec.zero_point.reshape(-1)[0])) * float(spec.scale.reshape(-1)[0])
-    return float(np.float32(upper))
-
-
-def _float_nodes(node: onnx_ir.Node, initializers: dict[str, onnx.TensorProto]) -> list[onnx.NodeProto]:
-    """The float meaning of a dialect quantizer as standard nodes writing its output."""
-    x, out = node.inputs[0], node.outputs[0]
-    assert x is not None
-    clamp = float_clamp(node)
-    if clamp is None:
-        return [onnx.helper.make_node("Identity", [x.name], [out.name])]
-    if clamp == math.inf:
-        return [onnx.helper.make_node("Relu", [x.name], [out.name])]
-    dtype = onnx_ir.DataType.FLOAT if x.dtype is None else x.dtype
-    lo, hi = f"{out.name}__float_min", f"{out.name}__float_max"
-    for name, value in ((lo, 0.0), (hi, clamp)):
-        initializers[name] = onnx.numpy_helper.from_array(np.array(value, dtype.numpy()), name)
-    return [onnx.helper.make_node("Clip", [x.name, lo, hi], [out.name])]
+__all__ = ["BlockSession", "block_model", "prefix_model"]
 
 
 def _value_info(value: onnx_ir.Value, dtype: onnx_ir.DataType | None = None) -> onnx.ValueInfoProto:
@@ -119,7 +49,7 @@ def _submodel(model: onnx_ir.Model, nodes: Sequence[onnx_ir.Node], inputs: Seque
     made: set[str] = {v.name for v in inputs}
     for node in nodes:
         if float_path and dialect.is_quantizer(node) and not dialect.quantizer_params(node).q_folded:
-            protos.extend(_float_nodes(node, initializers))
+            protos.extend(float_nodes(node, initializers))
         else:
             protos.append(onnx_ir.serde.serialize_node(node))
         made.update(v.name for v in node.outputs if v.name)
@@ -188,7 +118,7 @@ class BlockSession:
     def output_axes(self, feeds: Sequence[np.ndarray], axes: Sequence[int | None]) -> list[int | None]:
         """Each output's batch axis, from a run on one sample and one on two (axis 0 where every
         input has its batch there and the model takes one sample only)."""
-        n = _num_samples(feeds, axes)
+        n = num_samples(feeds, axes)
         if n < 2:
             return [0] * len(self.output_names)
         one = self._run(feeds, axes, 0, 1)
@@ -205,7 +135,7 @@ class BlockSession:
         """Every output over all samples (samples on axis 0), and its batch axis in the model."""
         axes = list(axes) if axes is not None else [0] * len(feeds)
         out_axes = self.output_axes(feeds, axes)
-        n = _num_samples(feeds, axes)
+        n = num_samples(feeds, axes)
         results: list[list[np.ndarray]] = [[] for _ in self.output_names]
         for i in range(n):
             for r, out, axis in zip(results, self._run(feeds, axes, i, i + 1), out_axes):
@@ -217,7 +147,3 @@ class BlockSession:
         outputs = [np.broadcast_to(r[0][None], (n, *r[0].shape)) if axis is None else np.concatenate(r)
                    for r, axis in zip(results, out_axes)]
         return outputs, out_axes
-
-
-def _num_samples(feeds: Sequence[np.ndarray], axes: Sequence[int | None]) -> int:
-    return next((f.shape[0] for f, a in zip(feeds, axes) if a is not None), feeds[0].shape[0] if feeds else 1)

@@ -29,7 +29,7 @@ import onnx.version_converter
 import onnx_ir
 
 from qdq_passes.calib import CalibrationData, check_batch_axis_option, load_calibration, parse_batch_axes
-from qdq_passes.cleanup import ConstantsToInitializersPass
+from qdq_passes.passes.cleanup import ConstantsToInitializersPass
 from qdq_passes.infra.errors import OptionError, PreconditionFailed, QuantizationError
 from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass

@@ -1,4 +1,4 @@
-"""The conv fast path of ``adaround``: one Conv whose output is compared after a Relu.
+"""The conv+Relu objective of ``adaround``: one Conv whose output is compared after a Relu.
 
 A block whose only node depending on the trained rounding is one 2-D Conv with the AdaRound weight
 (input 1), a per-sample input (input 0) and a constant bias (or none), and whose single trained
@@ -29,47 +29,34 @@ import onnx_ir
 import torch
 import torch.nn.functional as F
 
+from qdq_passes.ir.window import static_conv2d_window, torch_pad
+
 __all__ = ["ConvReluLoss", "conv_geometry"]
 
 
-def _ints(node: onnx_ir.Node, name: str, default: list[int]) -> list[int]:
-    attr = node.attributes.get(name)
-    return default if attr is None else list(attr.as_ints())
-
-
 def conv_geometry(node: onnx_ir.Node, weight_shape: tuple[int, ...]) -> dict | None:
-    """Strides, dilations, torch pad tuple and group of a 2-D ONNX Conv; None if not handled."""
-    if node.domain not in ("", "ai.onnx") or node.op_type != "Conv" or len(weight_shape) != 4:
+    """Strides, dilations, torch pad tuple and group of a 2-D ONNX Conv with static pads; None if not handled."""
+    window = static_conv2d_window(node, weight_shape)
+    if window is None:
         return None
-    auto_pad = node.attributes.get("auto_pad")
-    mode = "NOTSET" if auto_pad is None else auto_pad.as_string()
-    if mode not in ("NOTSET", "VALID"):
-        return None
-    kernel = node.attributes.get("kernel_shape")
-    if kernel is not None and tuple(kernel.as_ints()) != tuple(weight_shape[2:]):
-        return None
-    pads = [0, 0, 0, 0] if mode == "VALID" else _ints(node, "pads", [0, 0, 0, 0])
-    if len(pads) != 4:
-        return None
-    group = node.attributes.get("group")
     return {
-        "strides": _ints(node, "strides", [1, 1]),
-        "dilations": _ints(node, "dilations", [1, 1]),
-        "pad": (pads[1], pads[3], pads[0], pads[2]),  # F.pad order: W begin, W end, H begin, H end
-        "group": 1 if group is None else int(group.as_int()),
+        "strides": list(window.strides),
+        "dilations": list(window.dilations),
+        "pad": tuple(torch_pad(window.begin, window.end)),  # F.pad order: W begin, W end, H begin, H end
+        "group": node.attributes.get_int("group", 1),
     }
 
 
 class _Function(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, owner: ConvReluLoss) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx: torch.autograd.function.FunctionCtx, weight: torch.Tensor, owner: ConvReluLoss) -> torch.Tensor:
         loss = owner._forward(weight)
         ctx.owner = owner
         ctx.save_for_backward(weight)
         return loss
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (weight,) = ctx.saved_tensors
         return ctx.owner._weight_grad(weight, grad), None
 

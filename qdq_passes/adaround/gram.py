@@ -1,4 +1,4 @@
-"""The Gram form of AdaRound's loss for a block that is one linear op (``adaround`` fast path).
+"""The Gram form of AdaRound's loss for a block that is one linear op (the Gram objective of ``adaround``).
 
 When the only node of a block that depends on the trained rounding is one Conv (2-D, ``group=1``),
 Gemm (``transA=0``, ``alpha=1``) or MatMul (2-D weight) with the AdaRound weight as its second
@@ -17,37 +17,23 @@ direct path's normaliser (``sum(1).mean()``: the element count over the size of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import onnx_ir
 import torch
 import torch.nn.functional as F
 
+from qdq_passes.ir.window import static_conv2d_window, torch_pad
+
 __all__ = ["GramLoss", "gram_layout", "polish"]
-
-
-def _ints(node: onnx_ir.Node, name: str, default: list[int] | None) -> list[int] | None:
-    attr = node.attributes.get(name)
-    return default if attr is None else list(attr.as_ints())
-
-
-def _int(node: onnx_ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return default if attr is None else int(attr.as_int())
-
-
-def _float(node: onnx_ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return default if attr is None else float(attr.as_float())
 
 
 class _Layout:
     """How one linear op maps (input, weight, output) to (X rows, [O, K] weight, output rows)."""
 
-    def __init__(self, kind: str, weight_to_matrix: Callable[[torch.Tensor], torch.Tensor],
+    def __init__(self, weight_to_matrix: Callable[[torch.Tensor], torch.Tensor],
                  features: Callable[[torch.Tensor], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor],
                  matrix_to_weight: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.kind = kind
         self.weight_to_matrix = weight_to_matrix  # weight tensor -> [O, K] (a view)
         self.matrix_to_weight = matrix_to_weight  # its inverse: [O, K] -> the weight's shape (a view)
         self.features = features  # op input chunk -> [M, K]
@@ -58,54 +44,42 @@ def gram_layout(node: onnx_ir.Node, weight_shape: tuple[int, ...]) -> _Layout | 
     """The Gram layout of ``node`` (weight = input 1, of ``weight_shape``), or None if not supported."""
     if node.domain not in ("", "ai.onnx"):
         return None
+    attrs = node.attributes
     if node.op_type == "MatMul" and len(weight_shape) == 2:
-        return _Layout("MatMul", lambda w: w.t(), lambda x: x.reshape(-1, x.shape[-1]),
-                       lambda y: y.reshape(-1, y.shape[-1]), lambda m: m.t())
+        return _Layout(lambda w: w.t(), lambda x: x.reshape(-1, x.shape[-1]), lambda y: y.reshape(-1, y.shape[-1]),
+                       lambda m: m.t())
     if node.op_type == "Gemm" and len(weight_shape) == 2:
-        if _int(node, "transA", 0) or _float(node, "alpha", 1.0) != 1.0:
+        if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0:
             return None
-        trans_b = _int(node, "transB", 0)
-        same = (lambda w: w) if trans_b else (lambda w: w.t())
-        return _Layout("Gemm", same, lambda x: x, lambda y: y, same)
-    if node.op_type == "Conv" and len(weight_shape) == 4:
-        if _int(node, "group", 1) != 1:
-            return None
-        auto_pad = node.attributes.get("auto_pad")
-        if auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID"):
-            return None
-        kernel = tuple(weight_shape[2:])
-        strides = tuple(_ints(node, "strides", [1, 1]))
-        dilations = tuple(_ints(node, "dilations", [1, 1]))
-        pads = _ints(node, "pads", [0, 0, 0, 0])
-        if auto_pad is not None and auto_pad.as_string() == "VALID":
-            pads = [0, 0, 0, 0]
-        assert pads is not None
-        torch_pad = (pads[1], pads[3], pads[0], pads[2])
-        out_ch = weight_shape[0]
+        same = (lambda w: w) if attrs.get_int("transB", 0) else (lambda w: w.t())
+        return _Layout(same, lambda x: x, lambda y: y, same)
+    window = static_conv2d_window(node, weight_shape)
+    if window is None or attrs.get_int("group", 1) != 1:
+        return None
+    pad = torch_pad(window.begin, window.end)
+    out_ch = weight_shape[0]
 
-        def features(x: torch.Tensor) -> torch.Tensor:
-            if any(torch_pad):
-                x = F.pad(x, torch_pad)
-            cols = F.unfold(x, kernel, dilation=dilations, stride=strides)  # [N, K, L]
-            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    def features(x: torch.Tensor) -> torch.Tensor:
+        if any(pad):
+            x = F.pad(x, pad)
+        cols = F.unfold(x, window.kernel, dilation=window.dilations, stride=window.strides)  # [N, K, L]
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
-        return _Layout("Conv", lambda w: w.reshape(out_ch, -1), features,
-                       lambda y: y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]),
-                       lambda m: m.reshape(weight_shape))
-    return None
+    return _Layout(lambda w: w.reshape(out_ch, -1), features,
+                   lambda y: y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]), lambda m: m.reshape(weight_shape))
 
 
 class _GramFunction(torch.autograd.Function):
     """``sum(dW * (dW H + 2 G))`` with one matrix product per step (H symmetric)."""
 
     @staticmethod
-    def forward(ctx, dw: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx: torch.autograd.function.FunctionCtx, dw: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         q = torch.addmm(g, dw, h)  # dW H + G
         ctx.save_for_backward(q)
         return torch.sum(dw * (q + g))
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (q,) = ctx.saved_tensors
         return q * (2 * grad), None, None
 
@@ -146,12 +120,6 @@ class GramLoss:
         self.scale = 1.0 / denominator
         self.constant = constant + self._rr / denominator
         self._h = self._g = None
-
-    @property
-    def ops_per_step(self) -> int:
-        """Multiply-adds of one step's product (``O K^2``)."""
-        assert self.g is not None
-        return self.g.shape[0] * self.fan_in**2
 
     @property
     def fan_in(self) -> int:
@@ -225,11 +193,3 @@ def polish(gram: GramLoss, dw: torch.Tensor, flip: torch.Tensor, sweeps: int) ->
         if not changes:
             break
     return flipped, total
-
-
-def denominators(outputs: Iterable[torch.Tensor]) -> float:
-    """The direct loss's normaliser of a (full-data) output: ``numel / shape[1]`` (``numel`` if 1-D)."""
-    total = 0.0
-    for y in outputs:
-        total += y.numel() / y.shape[1] if y.dim() > 1 else y.numel()
-    return total
