@@ -82,6 +82,7 @@ from typing import Literal
 import networkx as nx
 import onnx_ir
 
+from qdq_passes.ir import dialect
 from qdq_passes.ir.qdq import is_dequantize, is_quantize
 
 __all__ = [
@@ -103,11 +104,11 @@ logger = logging.getLogger(__name__)
 
 Granularity = Literal["block", "layer"]
 
-#: The quantizer dialect (ir/dialect.py); its quantizer ops take ``(x, scale, zero_point)``.
-DIALECT_DOMAIN = "qdq_passes"
-DIALECT_QUANTIZERS = frozenset({"INTQuantizer", "AdaroundINTQuantizer", "FPQuantizer"})
+#: The quantizer dialect's ops; they take ``(x, scale, zero_point)``.
+DIALECT_DOMAIN = dialect.DOMAIN
+DIALECT_QUANTIZERS = frozenset(dialect.OPS)
 #: Dialect quantizers whose value AdaRound learns (step 8 keeps all their readers in one block).
-TRAINABLE_QUANTIZERS = frozenset({"AdaroundINTQuantizer"})
+TRAINABLE_QUANTIZERS = frozenset({dialect.ADAROUND_QUANTIZER})
 
 #: Weighted op type -> the input positions that may hold its constant weight.
 WEIGHTED_OPS: dict[str, tuple[int, ...]] = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1, 0)}

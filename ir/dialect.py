@@ -88,6 +88,7 @@ __all__ = [
     "min_qdq_opset",
     "function_proto",
     "ensure_functions",
+    "is_adaround_quantizer",
     "remove_unused_functions",
 ]
 
@@ -122,6 +123,11 @@ class InvalidQuantizer(InvalidQdq):
 def is_quantizer(node: onnx_ir.Node) -> bool:
     """A node of one of the dialect's ops."""
     return node.domain == DOMAIN and node.op_type in OPS
+
+
+def is_adaround_quantizer(node: onnx_ir.Node) -> bool:
+    """A node of the dialect's AdaRound quantizer op."""
+    return node.domain == DOMAIN and node.op_type == ADAROUND_QUANTIZER
 
 
 def quantizer_nodes(model_or_graph: onnx_ir.Model | onnx_ir.Graph) -> list[onnx_ir.Node]:

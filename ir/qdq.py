@@ -37,6 +37,7 @@ __all__ = [
     "is_quantize",
     "is_dequantize",
     "constant_array",
+    "add_initializer",
     "node_label",
     "read_spec",
     "same_spec",
@@ -72,6 +73,17 @@ def is_quantize(node: onnx_ir.Node) -> bool:
 def is_dequantize(node: onnx_ir.Node) -> bool:
     """A DequantizeLinear of the standard or com.microsoft domain."""
     return node.op_type == "DequantizeLinear" and node.domain in QDQ_DOMAINS
+
+
+def add_initializer(graph: onnx_ir.Graph, name: str, array: np.ndarray,
+                    dtype: onnx_ir.DataType | None = None) -> onnx_ir.Value:
+    """A new initializer of ``graph`` holding ``array``; ``dtype`` when its ONNX type is not the
+    array's (INT4 codes stored as int8, say)."""
+    value = onnx_ir.Value(name=name, shape=onnx_ir.Shape(array.shape),
+                          type=onnx_ir.TensorType(dtype or onnx_ir.DataType.from_numpy(array.dtype)),
+                          const_value=onnx_ir.Tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
 
 
 def constant_array(value: onnx_ir.Value | None) -> np.ndarray | None:

@@ -37,8 +37,9 @@ import numpy as np
 import onnx_ir
 
 from qdq_passes.infra.errors import OptionError, QdqError
+from qdq_passes.infra.options import option
 
-__all__ = ["CalibrationData", "CalibrationError", "CalibrationSource", "load_calibration", "parse_batch_axes",
+__all__ = ["calib_option", "calib_batch_axis_option", "max_samples_option", "CalibrationData", "CalibrationError", "CalibrationSource", "load_calibration", "parse_batch_axes",
            "check_batch_axis_option"]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,22 @@ def parse_batch_axes(entries: Iterable[str]) -> dict[str, int | None]:
         else:
             raise ValueError(f"batch axis {entry!r}: AXIS must be an integer or 'none', got {axis!r}")
     return axes
+
+
+def calib_option() -> Any:
+    """The ``calib`` field of a pass that reads calibration data."""
+    return option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)", input_path=True)
+
+
+def calib_batch_axis_option() -> Any:
+    """The ``calib-batch-axis`` field (check it with :func:`check_batch_axis_option`)."""
+    return option((), "NAME=AXIS for calibration inputs whose batch is not on axis 0 (AXIS 'none': one value "
+                  "for every sample); qdq-opt --calib-batch-axis fills it")
+
+
+def max_samples_option() -> Any:
+    """The ``max-samples`` field."""
+    return option(0, "use at most this many calibration samples (0: all)", at_least=0)
 
 
 def check_batch_axis_option(entries: Iterable[str]) -> None:

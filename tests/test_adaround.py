@@ -622,3 +622,26 @@ def test_a_block_holding_an_if_runs_in_onnxruntime_and_the_rest_trains(tmp_path,
     assert len(skipped) == 1 and skipped[0].path == "onnxruntime" and "If" in skipped[0].cause
     assert ada.stats["num-weights-rounded"] >= 1
     run_ort(onnx_ir.to_proto(qdq_passes.run(model, "lower-qdq,fold-qdq")), {"x": np.ones((1, 8), np.float32)})
+
+
+def test_the_pass_runs_on_its_thread_count_and_restores_the_callers(tmp_path, monkeypatch):
+    """``threads`` holds while the pass runs; the caller's torch thread count is back afterwards."""
+    from qdq_passes.adaround import runner as adaround_module
+    from qdq_passes.runtime import configured_torch
+
+    torch = configured_torch()  # the run's setting applied, as on any first use of torch
+
+    model, calib = _mlp_qdq(tmp_path)
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    seen: list[int] = []
+    original = adaround_module.Runner.run
+
+    def recording(self):  # noqa: ANN001, ANN202
+        seen.append(torch.get_num_threads())
+        return original(self)
+
+    monkeypatch.setattr(adaround_module.Runner, "run", recording)
+    AdaroundPass(calib=str(calib), iters=2, threads=wanted)(model)
+    assert seen == [wanted]
+    assert torch.get_num_threads() == before

@@ -1,29 +1,18 @@
 #!/usr/bin/env python3
-"""Run ``qdq-opt`` from a checkout without installing: ``python tools/qdq_opt.py IN -o OUT -p PIPELINE``.
+"""Run ``qdq-opt`` from a checkout: ``.venv/bin/python tools/qdq_opt.py IN -o OUT -p PIPELINE``.
 
-Importing this module also makes the checkout's ``qdq_passes`` (with ``ir/`` as ``qdq_passes.ir``)
-importable, which is what tools/update_goldens.py relies on.
+The checkout is importable once installed in editable mode (``make venv``, or ``pip install -e .``),
+which maps ``ir/`` to ``qdq_passes.ir``; this script is the console script without the install.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-if "qdq_passes.ir" not in sys.modules:
-    sys.path.insert(0, str(ROOT))
-    _spec = importlib.util.spec_from_file_location(
-        "qdq_passes.ir", ROOT / "ir" / "__init__.py", submodule_search_locations=[str(ROOT / "ir")]
-    )
-    assert _spec is not None and _spec.loader is not None
-    _ir = importlib.util.module_from_spec(_spec)
-    sys.modules["qdq_passes.ir"] = _ir
-    _spec.loader.exec_module(_ir)
+try:
+    from qdq_passes.cli import main
+except ImportError as exc:  # not installed: say how, in one line
+    sys.exit(f"tools/qdq_opt.py: qdq_passes is not importable ({exc}); run 'make venv' and use .venv/bin/python")
 
 if __name__ == "__main__":
-    from qdq_passes.cli import main
-
     sys.exit(main())

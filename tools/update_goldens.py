@@ -9,11 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import qdq_opt  # noqa: E402,F401  - makes the checkout importable without installing
+from qdq_passes.golden import GoldenCase, check_lines, find_cases, run_case
 
-from qdq_passes.golden import GoldenCase, check_lines, find_cases, run_case  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> int:

@@ -13,11 +13,14 @@ from typing import Any
 import onnx_ir
 import torch
 
+from qdq_passes.ir import dialect
+
 from qdq_passes.ir.quant import qrange
 from qdq_passes.ir.to_torch.registry import ConvertContext, Converted, converter
 
 __all__ = [
     "QUANTIZER_DOMAIN",
+    "RoundHalfToEven",
     "QUANTIZER_OPS",
     "dequantize_linear",
     "ms_dequantize_linear",
@@ -26,8 +29,8 @@ __all__ = [
     "quantizer",
 ]
 
-QUANTIZER_DOMAIN = "qdq_passes"
-QUANTIZER_OPS = ("INTQuantizer", "AdaroundINTQuantizer", "FPQuantizer")
+QUANTIZER_DOMAIN = dialect.DOMAIN
+QUANTIZER_OPS = dialect.OPS
 
 _FLOAT8 = {
     onnx_ir.DataType.FLOAT8E4M3FN: torch.float8_e4m3fn,
@@ -37,16 +40,18 @@ _FLOAT8 = {
 }
 
 
-class _RoundSTE(torch.autograd.Function):
-    """``torch.round`` (half to even) forward, identity backward."""
+class RoundHalfToEven(torch.autograd.Function):
+    """Round half to even forward; straight-through (identity) backward."""
 
     @staticmethod
     def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        """``torch.round`` (ties to even)."""
         return torch.round(t)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        """The incoming gradient, unchanged."""
+        return grad_output
 
 
 def _broadcaster(axis: int, block_size: int):
@@ -118,7 +123,7 @@ def _quantize(node: onnx_ir.Node, ctx: ConvertContext) -> Converted:
     lo, hi = float(qmin), float(qmax)
 
     def run(x: torch.Tensor, s: torch.Tensor, zp: torch.Tensor | None = None) -> torch.Tensor:
-        v = _RoundSTE.apply(divide(x, bshape(s, x)))
+        v = RoundHalfToEven.apply(divide(x, bshape(s, x)))
         if zp is not None:
             v = v + bshape(zp, x).float()
         return torch.clamp(torch.nan_to_num(v, nan=lo), lo, hi)

@@ -5,36 +5,37 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Literal
 
 import onnx_ir
 
 from qdq_passes.adaround.report import BlockReport
-from qdq_passes.calib import check_batch_axis_option, load_calibration, parse_batch_axes
-from qdq_passes.passes.cleanup import infer_shapes
+from qdq_passes.calib import (calib_batch_axis_option, calib_option, check_batch_axis_option, load_calibration,
+                              max_samples_option, parse_batch_axes)
 from qdq_passes.infra.errors import OptionError, PreconditionFailed
 from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
-from qdq_passes.ir.blocks import BlockPartition
 from qdq_passes.ir.qdq import node_label
+from qdq_passes.partition import Granularity, PartitionOptions, granularity_option, max_ops_option, min_ops_option
+from qdq_passes.passes.cleanup import ShapeInferencePass
 from qdq_passes.runtime import configured_torch
 
 __all__ = ["AdaroundOptions", "AdaroundPass", "Tuning"]
 
 logger = logging.getLogger(__name__)
 
+_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:[0-9]+)?)$")
+
 
 @dataclasses.dataclass(frozen=True)
 class AdaroundOptions(PassOptions):
     """Options of ``adaround``."""
 
-    calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)",
-                               input_path=True)
-    calib_batch_axis: tuple[str, ...] = option(
-        (), "NAME=AXIS for calibration inputs whose batch is not on axis 0 (AXIS 'none': one value for "
-        "every sample); qdq-opt --calib-batch-axis fills it")
+    calib: str | None = calib_option()
+    calib_batch_axis: tuple[str, ...] = calib_batch_axis_option()
     iters: int = option(1000, "optimisation steps per block", at_least=0)
     lr: float = option(0.1, "Adam learning rate on alpha", above=0)
     reg: float = option(0.01, "weight of the rounding regulariser", at_least=0)
@@ -42,13 +43,13 @@ class AdaroundOptions(PassOptions):
                                        above=0)
     warm_start: float = option(0.2, "fraction of the steps before the regulariser starts", at_least=0, at_most=1)
     batch_size: int = option(32, "calibration samples per step", at_least=1)
-    granularity: Literal["block", "layer"] = option("block", "block: residual/attention blocks whole; layer: one op")
-    min_ops: int = option(1, "fewest weighted ops per block", at_least=1)
-    max_ops: int = option(4, "most weighted ops per block", at_least=1)
+    granularity: Granularity = granularity_option()
+    min_ops: int = min_ops_option()
+    max_ops: int = max_ops_option()
     input: Literal["quant", "float"] = option("quant", "block inputs from the quantized (rounded) or the float path")
-    max_samples: int = option(0, "use at most this many calibration samples (0: all)", at_least=0)
+    max_samples: int = max_samples_option()
     seed: int = option(0, "seed of the batch sampling", at_least=0)
-    device: str = option("cpu", "torch device (cpu, cuda)")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N, mps, xpu or xpu:N")
     threads: int = option(0, "torch threads for this pass (0: the run's setting)", at_least=0)
     cache_mb: int = option(2048, "activation cache held in memory before spilling to disk (MB)", at_least=0)
     gram: Literal["auto", "on", "off"] = option(
@@ -64,11 +65,9 @@ class AdaroundOptions(PassOptions):
         "loss drops, at most this many sweeps over the weights (kept when the held-out error drops by more "
         "than its standard error; 0: off)", at_least=0)
     shrink: tuple[float, ...] = option(
-        (0.5, 0.8, 0.9, 0.95), "for a Gram-path block with fewer calibration rows than inputs, or whose AdaRound "
-        "rounding lost to nearest on the held-out samples: retrain with the loss's data terms shrunk by each "
-        "of these (H -> (1-k) H + k diag(H), G -> (1-k) G) and keep the best on the held-out samples (by more "
-        "than the standard error of the difference) "
-        "(needs holdout > 0; empty: never)", above=0, at_most=1)
+        (0.5, 0.8, 0.9, 0.95), "for a Gram-path block with fewer calibration rows than inputs, or that lost to "
+        "nearest on the held-out samples: retrain on the loss shrunk toward independent weights by each of these "
+        "strengths and keep the best on the held-out samples (needs holdout > 0; empty: never)", above=0, at_most=1)
     relu_refine: float = option(
         0.2, "for a one-op block compared after a Relu (the Gram form is not exact there): the fraction of "
         "the steps, the last ones, on that exact loss; the steps before optimise the Gram form of the loss "
@@ -76,9 +75,10 @@ class AdaroundOptions(PassOptions):
 
     def validate(self) -> None:
         check_batch_axis_option(self.calib_batch_axis)
-        if self.min_ops > self.max_ops:
-            raise OptionError(f"option 'min-ops' must be at most max-ops ({self.max_ops}), got {self.min_ops}",
-                              key="min-ops")
+        PartitionOptions.of(self)
+        if not _DEVICE.match(self.device):
+            raise OptionError(f"option 'device' must be cpu, cuda, cuda:N, mps, xpu or xpu:N, got {self.device!r}",
+                              key="device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +136,7 @@ class AdaroundPass(QdqPass):
         return [r.line() for r in self.reports]
 
     def precondition(self, model: onnx_ir.Model) -> None:
-        if not any(n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
+        if not any(dialect.is_adaround_quantizer(n)
                    for n in onnx_ir.traversal.RecursiveGraphIterator(model.graph)):
             raise PreconditionFailed("no AdaRound weight quantizers in the model: run "
                                      "insert-quantizers{weights=adaround} before adaround")
@@ -145,8 +145,12 @@ class AdaroundPass(QdqPass):
 
     @staticmethod
     def _trainable(model: onnx_ir.Model) -> list[onnx_ir.Node]:
-        return [n for n in model.graph if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
+        return [n for n in model.graph if dialect.is_adaround_quantizer(n)
                 and not dialect.quantizer_params(n).q_folded]
+
+    def prerequisites(self, model: onnx_ir.Model) -> list[QdqPass]:
+        """Blocks are cut and converted on inferred shapes (``shape-infer``) when there is something to train."""
+        return [ShapeInferencePass()] if self._trainable(model) else []
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         self.reports = []
@@ -155,13 +159,13 @@ class AdaroundPass(QdqPass):
         for node in inner:
             logger.warning("adaround: %s is inside subgraph '%s': not trained (AdaRound cuts blocks from the "
                            "main graph); it keeps nearest rounding", node_label(node), node.graph.name)
-        folded = [n for n in model.graph if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
+        folded = [n for n in model.graph if dialect.is_adaround_quantizer(n)
                   and dialect.quantizer_params(n).q_folded and dialect.quantizer_params(n).rounding != dialect.ADAROUND]
         for node in folded:
             logger.warning("adaround: %s holds stored codes without a float weight; left at its rounding "
                            "(insert-quantizers{float-model=...} restores float weights)", node_label(node))
         if not self._trainable(model):
-            if not folded and any(n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
+            if not folded and any(dialect.is_adaround_quantizer(n)
                                   for n in model.graph):
                 logger.warning("adaround: every AdaRound quantizer already holds learned codes; nothing to do")
             return onnx_ir.passes.PassResult(model, False)
@@ -178,8 +182,7 @@ class AdaroundPass(QdqPass):
         o = self.options
         calib = load_calibration(o.calib, model, max_samples=o.max_samples or None,
                                  batch_axes=parse_batch_axes(o.calib_batch_axis))
-        infer_shapes(model, who="adaround")
-        partition = BlockPartition.build(model, granularity=o.granularity, min_ops=o.min_ops, max_ops=o.max_ops)
+        partition = PartitionOptions.of(o).build(model)
         self.bump("num-blocks", len(partition))
         from qdq_passes.adaround.runner import Runner
 

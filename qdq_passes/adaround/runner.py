@@ -107,8 +107,7 @@ class Runner:
             return self._skip(block, start, f"its input {missing[0].name!r} could not be evaluated", run=False)
         if block.index in fallback:
             return self._skip(block, start, fallback[block.index], warn=False)  # warned up front
-        ada_nodes = [n for n in block.nodes if n.domain == dialect.DOMAIN and n.op_type == dialect.ADAROUND_QUANTIZER
-                     and not dialect.quantizer_params(n).q_folded]
+        ada_nodes = [n for n in block.nodes if dialect.is_adaround_quantizer(n) and not dialect.quantizer_params(n).q_folded]
         qmod = self._module(block, materialize)
         fmod = self._module(block, float_quantizer)
         try:

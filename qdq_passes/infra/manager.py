@@ -104,35 +104,41 @@ class PassManager:
         self.stream = stream
 
     def run(self, model: onnx_ir.Model) -> RunReport:
-        """Run every pass in order; raise a :class:`QdqError` naming the pass that failed."""
+        """Run every pass in order, each after its prerequisites; raise a :class:`QdqError` naming
+        the pass that failed."""
         report = RunReport()
         for pass_ in self.pipeline:
-            snapshot = onnx_ir.to_proto(model) if self.reproducer is not None else None
-            if self.print_ir_before_all or pass_.argument in self.print_ir_before:
-                self._dump(model, f"IR Dump Before {pass_.argument}")
+            for prerequisite in pass_.prerequisites(model):
+                self._run_one(model, prerequisite, f"{prerequisite.argument} (for {pass_.argument})", report)
+            self._run_one(model, pass_, pass_.argument, report)
+        return report
+
+    def _run_one(self, model: onnx_ir.Model, pass_: QdqPass, label: str, report: RunReport) -> None:
+        """Run one pass with the instrumentation; ``label`` names it in the reports and dumps."""
+        snapshot = onnx_ir.to_proto(model) if self.reproducer is not None else None
+        if self.print_ir_before_all or pass_.argument in self.print_ir_before:
+            self._dump(model, f"IR Dump Before {label}")
+        start = time.perf_counter()
+        try:
+            result = pass_.run_alone(model)
+            if result.model is not model:
+                raise PassFailure(f"{pass_.argument}: returned a different model object from an in-place pass")
+        except Exception as exc:  # noqa: BLE001 - every failure is reported with the pass name
+            self._write_reproducer(snapshot, pass_)
+            raise _named_failure(pass_, exc) from exc
+        seconds = time.perf_counter() - start
+        report.records.append(
+            PassRecord(str(pass_), label, seconds, result.modified, dict(pass_.stats), list(pass_.details)))
+        if self.verify_each:
             start = time.perf_counter()
             try:
-                result = pass_(model)
-                if result.model is not model:
-                    raise PassFailure(f"{pass_.argument}: returned a different model object from an in-place pass")
-            except Exception as exc:  # noqa: BLE001 - every failure is reported with the pass name
+                verify_model(model)
+            except QdqError as exc:
                 self._write_reproducer(snapshot, pass_)
-                raise _named_failure(pass_, exc) from exc
-            seconds = time.perf_counter() - start
-            report.records.append(
-                PassRecord(str(pass_), pass_.argument, seconds, result.modified, dict(pass_.stats), list(pass_.details))
-            )
-            if self.verify_each:
-                start = time.perf_counter()
-                try:
-                    verify_model(model)
-                except QdqError as exc:
-                    self._write_reproducer(snapshot, pass_)
-                    raise type(exc)(f"after pass '{pass_.argument}': {exc}") from None
-                report.verify_seconds += time.perf_counter() - start
-            if self.print_ir_after_all or pass_.argument in self.print_ir_after:
-                self._dump(model, f"IR Dump After {pass_.argument}" + ("" if result.modified else " (no change)"))
-        return report
+                raise type(exc)(f"after pass '{pass_.argument}': {exc}") from None
+            report.verify_seconds += time.perf_counter() - start
+        if self.print_ir_after_all or pass_.argument in self.print_ir_after:
+            self._dump(model, f"IR Dump After {label}" + ("" if result.modified else " (no change)"))
 
     def _dump(self, model: onnx_ir.Model, title: str) -> None:
         stream = self.stream or sys.stderr

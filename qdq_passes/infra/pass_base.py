@@ -6,7 +6,10 @@ A pass declares, as class attributes:
 * ``Options``: a frozen dataclass of typed options (see :mod:`qdq_passes.infra.options`);
 * ``statistics``: ``{name: description}`` of the counters it bumps with :meth:`QdqPass.bump`;
 * ``precondition``: optionally, a method that raises :class:`PreconditionFailed` naming the pass
-  that puts the model in the stage this pass needs.
+  that puts the model in the stage this pass needs;
+* ``prerequisites``: optionally, the passes to run right before this one (the pass manager runs
+  each as a step of its own, so ``--timing``, ``--print-ir-after-all`` and ``--pass-statistics``
+  show it as ``name (for this-pass)``; called on its own, the pass runs them first).
 
 It implements only ``call(model) -> PassResult`` and returns an honest ``modified``. Because it is
 an ``InPlacePass`` it also runs inside a plain ``onnx_ir.passes.PassManager``.
@@ -48,9 +51,20 @@ class QdqPass(onnx_ir.passes.InPlacePass):
         self.stats: dict[str, int] = dict.fromkeys(self.statistics, 0)
 
     def __call__(self, model_or_result: Any, /) -> onnx_ir.passes.PassResult:
-        """Run the pass (resetting its statistics first)."""
+        """Run the pass's prerequisites, then the pass; ``modified`` if any of them changed the model."""
+        model = model_or_result.model if isinstance(model_or_result, onnx_ir.passes.PassResult) else model_or_result
+        changed = [p(model).modified for p in self.prerequisites(model)]
+        result = self.run_alone(model)
+        return onnx_ir.passes.PassResult(result.model, result.modified or any(changed))
+
+    def run_alone(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
+        """Run the pass without its prerequisites (resetting its statistics first)."""
         self.stats = dict.fromkeys(self.statistics, 0)
-        return super().__call__(model_or_result)
+        return super().__call__(model)
+
+    def prerequisites(self, model: onnx_ir.Model) -> list[QdqPass]:
+        """The passes to run on ``model`` right before this one (none by default)."""
+        return []
 
     @property
     def details(self) -> list[str]:

@@ -14,6 +14,7 @@ from qdq_passes.infra.registry import register_pass
 from qdq_passes.points import scan_points
 from qdq_passes.ir.qdq import (
     QPoint,
+    add_initializer,
     constant_array,
     fresh_name,
     is_dequantize,
@@ -85,13 +86,7 @@ class FoldQdqPass(QdqPass):
             assert array is not None
             codes = points[0].spec.quantize(array)
             name = fresh_name(f"{weight.name or 'weight'}_quantized", taken)
-            stored = onnx_ir.Value(
-                name=name,
-                shape=onnx_ir.Shape(codes.shape),
-                type=onnx_ir.TensorType(onnx_ir.DataType.from_numpy(codes.dtype)),
-                const_value=onnx_ir.Tensor(codes, name=name),
-            )
-            model.graph.register_initializer(stored)  # the main graph's: seen from every subgraph
+            stored = add_initializer(model.graph, name, codes)  # the main graph's: seen from every subgraph
             q.outputs[0].replace_all_uses_with(stored)
             params = list(q.inputs)
             q.graph.remove(q, safe=True)

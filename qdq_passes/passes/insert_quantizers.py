@@ -19,7 +19,7 @@ from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.points import scan_points
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import InvalidQdq, QPoint, is_dequantize, node_label
+from qdq_passes.ir.qdq import InvalidQdq, QPoint, add_initializer, is_dequantize, node_label
 from qdq_passes.ir.quant import storage_dtype
 
 __all__ = ["InsertQuantizersOptions", "InsertQuantizersPass"]
@@ -66,7 +66,8 @@ class InsertQuantizersPass(QdqPass):
     10. Invalid parameters (zero scale, wrong zero-point type, ...) raise ``QuantizationError``
         naming the node. Only the main graph is scanned.
     11. With ``float-model``, folded weights are first unfolded with the reference model's float
-        weights (``unfold-qdq{float-model=...}``), then become non-folded quantizers as in 2.
+        weights (``unfold-qdq{float-model=...}``, run as a prerequisite), then become non-folded
+        quantizers as in 2.
 
     A second run finds no understood Q/DQ and returns ``modified=False``.
     """
@@ -89,12 +90,14 @@ class InsertQuantizersPass(QdqPass):
             raise PreconditionFailed("the model has no Q/DQ pairs to turn into quantizers: quantize it first "
                                      "(the 'quantize' pass, or onnxruntime.quantization)")
 
-    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
-        unfolded = False
-        if self.options.float_model is not None:
-            from qdq_passes.passes.unfold_qdq import UnfoldQdqPass
+    def prerequisites(self, model: onnx_ir.Model) -> list[QdqPass]:
+        if self.options.float_model is None:
+            return []
+        from qdq_passes.passes.unfold_qdq import UnfoldQdqPass
 
-            unfolded = UnfoldQdqPass(float_model=self.options.float_model)(model).modified
+        return [UnfoldQdqPass(float_model=self.options.float_model)]
+
+    def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         scan = scan_points(self, model)
         modified = False
         quantizes: list[onnx_ir.Node] = []
@@ -123,10 +126,10 @@ class InsertQuantizersPass(QdqPass):
             modified |= dialect.ensure_functions(model)
         except InvalidQdq as exc:
             raise QuantizationError(str(exc)) from None
-        if not scan.points and not unfolded:
+        if not scan.points:
             logger.warning("%s: no Q/DQ pairs left to insert quantizers for (already inserted?); nothing to do",
                            self.argument)
-        return onnx_ir.passes.PassResult(model, modified or unfolded)
+        return onnx_ir.passes.PassResult(model, modified)
 
     def _skip(self, node: onnx_ir.Node, reason: str) -> None:
         self.bump("num-skipped")
@@ -188,11 +191,4 @@ def _zero_point(graph: onnx_ir.Graph, scale: onnx_ir.Value, qdtype: onnx_ir.Data
             return existing
         name = f"{base}_{i}"
         i += 1
-    value = onnx_ir.Value(
-        name=name,
-        shape=onnx_ir.Shape(zeros.shape),
-        type=onnx_ir.TensorType(qdtype),
-        const_value=onnx_ir.Tensor(zeros, name=name),
-    )
-    graph.register_initializer(value)
-    return value
+    return add_initializer(graph, name, zeros, qdtype)

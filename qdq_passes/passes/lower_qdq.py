@@ -21,7 +21,7 @@ from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import InvalidQdq, constant_array, node_label, remove_if_unused
+from qdq_passes.ir.qdq import InvalidQdq, add_initializer, constant_array, node_label, remove_if_unused
 from qdq_passes.ir.quant import QuantSpec, storage_dtype
 
 __all__ = ["LowerQdqOptions", "LowerQdqPass", "MIN_OPSET", "MAX_OPSET"]
@@ -258,10 +258,7 @@ class _Names:
             name = f"{base}_{i}"
             i += 1
         self.taken.add(name)
-        value = onnx_ir.Value(name=name, shape=onnx_ir.Shape(array.shape), type=onnx_ir.TensorType(dtype),
-                              const_value=onnx_ir.Tensor(array, name=name))
-        graph.register_initializer(value)
-        return value
+        return add_initializer(graph, name, array, dtype)
 
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import TextIO
 
 import onnx_ir
 
-from qdq_passes.infra.errors import OptionError
-from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
-from qdq_passes.ir.blocks import BlockPartition
+from qdq_passes.partition import PartitionOptions
 
 __all__ = ["PrintBlocksPass", "PrintBlocksOptions"]
 
@@ -21,21 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class PrintBlocksOptions(PassOptions):
-    """Options of ``print-blocks``."""
-
-    granularity: Literal["block", "layer"] = option(
-        "block", "block: single-entry single-exit regions merged to min-ops..max-ops weighted ops; layer: one weighted op each"
-    )
-    min_ops: int = option(1, "merge consecutive regions until a block holds at least this many weighted ops",
-                          at_least=1)
-    max_ops: int = option(4, "never merge past this many weighted ops; larger regions are split into layers",
-                          at_least=1)
-
-    def validate(self) -> None:
-        if self.min_ops > self.max_ops:
-            raise OptionError(f"option 'min-ops' must be at most max-ops ({self.max_ops}), got {self.min_ops}",
-                              key="min-ops")
+class PrintBlocksOptions(PartitionOptions):
+    """Options of ``print-blocks``: how to cut the model."""
 
 
 @register_pass
@@ -68,8 +53,7 @@ class PrintBlocksPass(QdqPass):
         self.stream: TextIO | None = None
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
-        o = self.options
-        partition = BlockPartition.build(model, granularity=o.granularity, min_ops=o.min_ops, max_ops=o.max_ops)
+        partition = self.options.build(model)
         stream = self.stream or sys.stderr
         for block in partition:
             stream.write(block.describe() + "\n")

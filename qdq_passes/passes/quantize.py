@@ -28,14 +28,16 @@ import onnx
 import onnx.version_converter
 import onnx_ir
 
-from qdq_passes.calib import CalibrationData, check_batch_axis_option, load_calibration, parse_batch_axes
+from qdq_passes.calib import (CalibrationData, calib_batch_axis_option, calib_option, check_batch_axis_option,
+                              load_calibration, max_samples_option, parse_batch_axes)
 from qdq_passes.passes.cleanup import ConstantsToInitializersPass
 from qdq_passes.infra.errors import OptionError, PreconditionFailed, QuantizationError
 from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import constant_array, fresh_name, is_dequantize, is_quantize, node_label, remove_if_unused, value_names
+from qdq_passes.ir.qdq import (add_initializer, constant_array, fresh_name, is_dequantize, is_quantize, node_label,
+                               remove_if_unused, value_names)
 from qdq_passes.ir.quant import QuantSpec
 
 __all__ = ["QuantizeOptions", "QuantizePass", "SUPPORTED_OP_TYPES"]
@@ -79,12 +81,9 @@ class QuantizeOptions(PassOptions):
     op_types: tuple[str, ...] = option(("Conv", "ConvTranspose", "Gemm", "MatMul"), "op types to quantize")
     exclude: tuple[str, ...] = option((), "node names or op types left in float")
     keep_float_weights: bool = option(True, "weights as float Q->DQ pairs (what AdaRound needs); false: stored codes")
-    calib: str | None = option(None, "calibration data: .npz or a folder of .npz (qdq-opt --calib fills it)",
-                               input_path=True)
-    calib_batch_axis: tuple[str, ...] = option(
-        (), "NAME=AXIS for calibration inputs whose batch is not on axis 0 (AXIS 'none': one value for "
-        "every sample); qdq-opt --calib-batch-axis fills it")
-    max_samples: int = option(0, "use at most this many calibration samples (0: all)", at_least=0)
+    calib: str | None = calib_option()
+    calib_batch_axis: tuple[str, ...] = calib_batch_axis_option()
+    max_samples: int = max_samples_option()
 
     def validate(self) -> None:
         check_batch_axis_option(self.calib_batch_axis)
@@ -167,6 +166,10 @@ class QuantizePass(QdqPass):
         if self.options.acts != "none" and self.options.calib is None:
             raise PreconditionFailed("needs calibration data for activations: give calib=PATH (qdq-opt --calib PATH), or acts=none")
 
+    def prerequisites(self, model: onnx_ir.Model) -> list[QdqPass]:
+        """Constant weights become initializers first (``constants-to-initializers``)."""
+        return [] if _already_quantized(model) is not None else [ConstantsToInitializersPass()]
+
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         found = _already_quantized(model)
         if found is not None:
@@ -181,7 +184,6 @@ class QuantizePass(QdqPass):
             data = load_calibration(opts.calib, model, max_samples=opts.max_samples or None,
                                     batch_axes=parse_batch_axes(opts.calib_batch_axis))
 
-        ConstantsToInitializersPass()(model)
         _convert_opset(model)
         targets = self._targets(model)  # the same nodes, seen in the converted graph
         weights = self._plan_weights(model, targets)
@@ -304,7 +306,7 @@ class QuantizePass(QdqPass):
                 new = [q]
             else:
                 codes = w.spec.quantize(array)
-                stored = _initializer(graph, fresh_name(f"{base}_quantized", taken), codes)
+                stored = add_initializer(graph, fresh_name(f"{base}_quantized", taken), codes)
                 new = []
             dq_out = onnx_ir.Value(name=fresh_name(f"{base}_DequantizeLinear_Output", taken),
                                    type=onnx_ir.TensorType(_FLOAT), shape=w.value.shape)
@@ -357,9 +359,9 @@ class QuantizePass(QdqPass):
         codes = np.clip(np.round(ratio), int32.min, int32.max).astype(np.int32).reshape(b.shape)
         base = bias.value.name or "bias"
         per_channel = bias_scale.size > 1
-        stored = _initializer(graph, fresh_name(f"{base}_quantized", taken), codes)
-        scale = _initializer(graph, fresh_name(f"{base}_quantized_scale", taken), bias_scale)
-        zp = _initializer(graph, fresh_name(f"{base}_quantized_zero_point", taken),
+        stored = add_initializer(graph, fresh_name(f"{base}_quantized", taken), codes)
+        scale = add_initializer(graph, fresh_name(f"{base}_quantized_scale", taken), bias_scale)
+        zp = add_initializer(graph, fresh_name(f"{base}_quantized_zero_point", taken),
                           np.zeros(bias_scale.shape if per_channel else (), np.int32))
         attrs = {"axis": onnx_ir.AttrInt64("axis", 0)} if per_channel else {}
         dq_out = onnx_ir.Value(name=fresh_name(f"{base}_DequantizeLinear_Output", taken), type=onnx_ir.TensorType(_FLOAT),
@@ -471,17 +473,9 @@ def _axis_attrs(spec: QuantSpec) -> dict[str, onnx_ir.Attr]:
     return attrs
 
 
-def _initializer(graph: onnx_ir.Graph, name: str, array: np.ndarray) -> onnx_ir.Value:
-    value = onnx_ir.Value(name=name, shape=onnx_ir.Shape(array.shape),
-                          type=onnx_ir.TensorType(onnx_ir.DataType.from_numpy(array.dtype)),
-                          const_value=onnx_ir.Tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
-
-
 def _param_initializers(graph: onnx_ir.Graph, base: str, spec: QuantSpec, taken: set[str]) -> tuple[onnx_ir.Value, onnx_ir.Value]:
-    scale = _initializer(graph, fresh_name(f"{base}_scale", taken), np.asarray(spec.scale, np.float32))
-    zp = _initializer(graph, fresh_name(f"{base}_zero_point", taken), np.asarray(spec.zero_point))
+    scale = add_initializer(graph, fresh_name(f"{base}_scale", taken), np.asarray(spec.scale, np.float32))
+    zp = add_initializer(graph, fresh_name(f"{base}_zero_point", taken), np.asarray(spec.zero_point))
     return scale, zp
 
 

@@ -21,6 +21,7 @@ from qdq_passes.infra.registry import register_pass
 from qdq_passes.points import scan_points
 from qdq_passes.ir.qdq import (
     QPoint,
+    add_initializer,
     constant_array,
     float_name,
     fresh_name,
@@ -157,26 +158,14 @@ class UnfoldQdqPass(QdqPass):
         spec = first.spec
         base = float_name(stored.name or "weight")
         w_name = fresh_name(base, taken)
-        w_value = onnx_ir.Value(
-            name=w_name,
-            shape=onnx_ir.Shape(weight.shape),
-            type=onnx_ir.TensorType(onnx_ir.DataType.from_numpy(weight.dtype)),
-            const_value=onnx_ir.Tensor(np.ascontiguousarray(weight), name=w_name),
-        )
-        graph.register_initializer(w_value)
+        w_value = add_initializer(graph, w_name, np.ascontiguousarray(weight))
         dq = first.dq
         scale = dq.inputs[1]
         zero_point = dq.inputs[2] if len(dq.inputs) > 2 else None
         if zero_point is None and spec.qdtype != onnx_ir.DataType.UINT8:
             zp_name = fresh_name(f"{base}_zero_point", taken)
             zeros = np.zeros(spec.scale.shape, storage_dtype(spec.qdtype))
-            zero_point = onnx_ir.Value(
-                name=zp_name,
-                shape=onnx_ir.Shape(zeros.shape),
-                type=onnx_ir.TensorType(spec.qdtype),
-                const_value=onnx_ir.Tensor(zeros, name=zp_name),
-            )
-            graph.register_initializer(zero_point)
+            zero_point = add_initializer(graph, zp_name, zeros, spec.qdtype)
         attributes = [dq.attributes[key] for key in ("axis", "block_size") if key in dq.attributes]
         q_out = onnx_ir.Value(
             name=fresh_name(f"{base}_QuantizeLinear_Output", taken),

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qdq_passes.ir.to_torch.quant import RoundHalfToEven
+
 __all__ = [
     "AdaroundConstants",
     "AdaroundINTQuantizer",
@@ -30,20 +32,6 @@ __all__ = [
 ]
 
 _NONE5 = (None, None, None, None, None)
-
-
-class RoundHalfToEven(torch.autograd.Function):
-    """Round half to even forward; straight-through (identity) backward."""
-
-    @staticmethod
-    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
-        """``torch.round`` (ties to even)."""
-        return torch.round(t)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
-        """The incoming gradient, unchanged."""
-        return grad_output
 
 
 def _in_range(v: torch.Tensor, min_q: torch.Tensor, max_q: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import onnx_ir
 import torch
 
 from qdq_passes.ir import dialect
-from qdq_passes.ir.qdq import constant_array, fresh_name, node_label, remove_if_unused, value_names
+from qdq_passes.ir.qdq import add_initializer, constant_array, fresh_name, node_label, remove_if_unused, value_names
 from qdq_passes.ir.quant import storage_dtype
 from qdq_passes.quantizers.base_qdq_quantizers import AdaroundINTQuantizer, FPQuantizer, INTQuantizer
 from qdq_passes.quantizers.from_spec import quantizer_from_spec
@@ -119,13 +119,7 @@ def write_back(node: onnx_ir.Node, model: onnx_ir.Model | None = None) -> bool:
     stored = codes.astype(storage_dtype(params.qdtype))
     home = weight_value.graph if weight_value.graph is not None else graph
     name = fresh_name(f"{weight_value.name or 'weight'}_adaround", value_names(home))
-    codes_value = onnx_ir.Value(
-        name=name,
-        shape=onnx_ir.Shape(stored.shape),
-        type=onnx_ir.TensorType(params.qdtype),
-        const_value=onnx_ir.Tensor(stored, name=name),
-    )
-    home.register_initializer(codes_value)
+    codes_value = add_initializer(home, name, stored, params.qdtype)
     node.replace_input_with(0, codes_value)
     dialect.mark_folded(node, rounding=dialect.ADAROUND)
     remove_if_unused(weight_value)

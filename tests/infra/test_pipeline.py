@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import onnx_ir
 import pytest
 
 import qdq_passes
@@ -139,7 +140,9 @@ def test_run_api_fills_calib_defaults(tmp_path):
 
     pipeline = "dce,quantize{acts=none}"  # weights only: the calibration file is not read
     model, report = qdq_passes.run_with_report(conv_relu_model(), pipeline, calib=tmp_path / "c.npz")
-    assert f" calib={tmp_path / 'c.npz'} " in report.records[1].pass_text
+    assert f" calib={tmp_path / 'c.npz'} " in report.records[2].pass_text
+    # quantize's prerequisite is a step of its own in the report
+    assert [r.argument for r in report.records] == ["dce", "constants-to-initializers (for quantize)", "quantize"]
     assert model.metadata_props["qdq_passes.pipeline"] == str(qdq_passes.parse_pipeline(
         pipeline, defaults={"calib": str(tmp_path / "c.npz")}))
 
@@ -218,3 +221,32 @@ def test_plain_dataclass_options_of_an_out_of_tree_pass_get_the_value_checks(all
         parse_pipeline("all-types{rate=nan}")
     with pytest.raises(OptionError, match="all-types: option 'count' does not fit in a 64-bit integer"):
         parse_pipeline(f"all-types{{count={2**64}}}")
+
+
+def test_prerequisites_are_steps_of_their_own(tmp_path):
+    """A pass's prerequisites run through the manager: timed, printed and reported under
+    ``name (for pass)``, and the canonical pipeline (the provenance stamp) stays the user's."""
+    import io
+
+    from qdq_passes.infra.manager import PassManager
+    from tests.models import conv_relu_model
+
+    stream = io.StringIO()
+    pipeline = parse_pipeline("quantize{acts=none}")
+    model = onnx_ir.from_proto(conv_relu_model())
+    report = PassManager(pipeline, print_ir_after_all=True, stream=stream).run(model)
+    assert [r.argument for r in report.records] == ["constants-to-initializers (for quantize)", "quantize"]
+    assert "IR Dump After constants-to-initializers (for quantize)" in stream.getvalue()
+    assert "constants-to-initializers (for quantize)" in report.timing_table()
+    assert "'constants-to-initializers (for quantize)'  (modified: no)" in report.statistics_table()
+    assert str(pipeline) == str(parse_pipeline("quantize{acts=none}"))
+
+
+def test_a_pass_called_alone_runs_its_prerequisites_first():
+    """Outside a manager the pass runs its prerequisites itself; ``modified`` counts theirs."""
+    from tests.models import constant_weights_model
+
+    model = onnx_ir.from_proto(constant_weights_model())
+    assert any(n.op_type == "Constant" for n in model.graph)
+    assert qdq_passes.get_pass("quantize")(acts="none")(model).modified
+    assert not any(n.op_type == "Constant" for n in model.graph)  # lifted by constants-to-initializers
