@@ -265,7 +265,12 @@ def test_threads_must_be_positive(tmp_path):
 
 def test_int4_models_are_not_written_as_text(tmp_path):
     """onnx's text printer drops int4 data: refuse with a clear error instead of losing weights."""
-    src = Path(__file__).parent / "passes" / "fold-qdq" / "matmul_int4_blocked.onnxtxt"
+    from qdq_passes.golden import read_cases
+
+    (case,) = [c for c in read_cases(Path(__file__).parent / "passes" / "fold-qdq" / "cases.onnxtxt")
+               if "matmul int4 blocked" in c.text]
+    src = tmp_path / "int4.onnxtxt"
+    src.write_text(case.text, encoding="utf-8")
     out = tmp_path / "out.onnxtxt"
     result = qdq_opt(str(src), "-o", str(out), "-p", "fold-qdq")
     assert result.returncode == 1

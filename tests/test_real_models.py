@@ -34,7 +34,7 @@ from tests.real_models import (
 )
 
 #: Ops torch has no converter for on purpose: ``If`` branches run in onnxruntime (the fallback,
-#: tests/test_adaround.py); Paddle's and silero's exports use one at the top only.
+#: tests/passes/adaround/test_adaround.py); Paddle's and silero's exports use one at the top only.
 FALLBACK_OPS = {("", "If")}
 
 #: The models both pipelines run on in the suite (small inputs, a few seconds each).

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate golden outputs: ``tools/update_goldens.py [CASE_OR_FOLDER ...]`` (default: all of tests/passes).
 
-Writes each case's ``.expected`` from what the tool prints now; review the diff before committing.
+Writes the ``.expected`` snapshot of each ``# SNAPSHOT`` case from what the tool prints now (review
+the diff before committing) and reports, for every case, whether its checks hold.
 """
 
 from __future__ import annotations
@@ -9,27 +10,29 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qdq_passes.golden import GoldenCase, check_lines, find_cases, run_case
+from qdq_passes.golden import check_lines, find_cases, read_cases, run_case
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> int:
     targets = [Path(a) for a in argv] or [ROOT / "tests" / "passes"]
-    paths = [p for t in targets for p in ([t] if t.is_file() else find_cases(t))]
+    cases = [c for t in targets for c in (read_cases(t) if t.is_file() else find_cases(t))]
     bad = 0
-    for path in paths:
-        case = GoldenCase.read(path)
+    for case in cases:
         result = run_case(case)
         ok = (result.exit_code != 0) if case.expect_failure else (result.exit_code == 0)
         failures = check_lines(case.checks, result.text)
         failures += [f"stderr {f}" for f in check_lines(case.err_checks, result.stderr)]
-        old = case.expected_path.read_text(encoding="utf-8") if case.expected_path.exists() else None
-        if ok:
-            case.expected_path.write_text(result.text, encoding="utf-8")
-        state = "unchanged" if old == result.text else ("written" if ok else "NOT written")
-        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {state}"
-              + ("" if ok else f" (exit {result.exit_code})") + "".join(f"\n  {f}" for f in failures))
+        if case.snapshot:
+            old = case.expected_path.read_text(encoding="utf-8") if case.expected_path.exists() else None
+            if ok:
+                case.expected_path.write_text(result.text, encoding="utf-8")
+            state = "unchanged" if old == result.text else ("written" if ok else "NOT written")
+        else:
+            state = "checks hold" if ok and not failures else "FAILS"
+        print(f"{case.name}: {state}" + ("" if ok else f" (exit {result.exit_code})")
+              + "".join(f"\n  {f}" for f in failures))
         bad += (not ok) or bool(failures)
     return 1 if bad else 0
 

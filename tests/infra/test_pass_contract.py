@@ -15,9 +15,8 @@ import pytest
 from qdq_passes import parse_pipeline, registered_passes
 from qdq_passes.infra.options import option_fields
 from qdq_passes.infra.pass_base import QdqPass
-from qdq_passes.golden import GoldenCase
+from qdq_passes.golden import find_cases
 from qdq_passes.ir.printer import print_model
-from qdq_passes.model_io import load_model
 from tests.models import constant_weights_model, ort_quantize, random_inputs
 
 PASSES = registered_passes()
@@ -104,14 +103,13 @@ def _first_run(name: str, qdq_model: onnx.ModelProto, calib: str) -> tuple[onnx_
     if name == "adaround":
         model, pass_ = _prepared(name, qdq_model, calib)
         return model, pass_, pass_(model).modified
-    for path in sorted((GOLDEN / name).glob("*.onnxtxt")):
-        case = GoldenCase.read(path)
+    for case in find_cases(GOLDEN / name):
         if case.expect_failure or "-p" not in case.run:
             continue
         passes = parse_pipeline(case.run[case.run.index("-p") + 1]).passes
         if passes[0].argument != name or getattr(passes[0].options, "inputs", ()):
             continue  # (fold-constants{inputs=...} removes the inputs it binds: a second run names none)
-        model = load_model(path)
+        model = case.model()
         modified = passes[0](model).modified
         if modified or name in NEVER_MODIFY:
             return model, passes[0], modified
