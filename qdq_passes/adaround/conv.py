@@ -85,7 +85,6 @@ class ConvReluLoss:
                                memory_format=fmt)
         self._yb = torch.empty_like(self._tb)
         self._mask = torch.empty_like(self._tb)
-        self._denominator = float(self._tb.numel() // self._tb.shape[1])
         self._mkldnn = (self.x.device.type == "cpu" and self.x.dtype == torch.float32
                         and torch.backends.mkldnn.is_available())
         self._n = batch
