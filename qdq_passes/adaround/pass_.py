@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import onnx_ir
 
@@ -26,6 +26,9 @@ from qdq_passes.runtime import configured_torch
 __all__ = ["AdaroundOptions", "AdaroundPass", "Tuning"]
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from qdq_passes.adaround.model_check import ModelCheck
 
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:[0-9]+)?)$")
 
@@ -68,6 +71,9 @@ class AdaroundOptions(PassOptions):
         (0.5, 0.8, 0.9, 0.95), "for a Gram-path block with fewer calibration rows than inputs, or that lost to "
         "nearest on the held-out samples: retrain on the loss shrunk toward independent weights by each of these "
         "strengths and keep the best on the held-out samples (needs holdout > 0; empty: never)", above=0, at_most=1)
+    model_check: bool = option(
+        True, "after the last block, compare the whole model's held-out output error with nearest rounding's "
+        "and put the blocks that hurt back to nearest (needs holdout > 0)")
     relu_refine: float = option(
         0.2, "for a one-op block compared after a Relu (the Gram form is not exact there): the fraction of "
         "the steps, the last ones, on that exact loss; the steps before optimise the Gram form of the loss "
@@ -122,6 +128,7 @@ class AdaroundPass(QdqPass):
         "num-blocks-gram": "trained blocks optimised by the Gram fast path (all steps, or the first before relu-refine)",
         "num-blocks-shrunk": "Gram-path blocks retrained on shrunk losses (see shrink)",
         "num-weights-polished": "weight codes flipped by the Gram path's polish",
+        "num-blocks-model-reverted": "trained blocks put back to nearest by the model-level check",
     }
 
     def __init__(self, options: AdaroundOptions | None = None, *, tuning: Tuning | None = None,
@@ -129,11 +136,12 @@ class AdaroundPass(QdqPass):
         super().__init__(options, **kwargs)
         self.tuning = tuning or Tuning()
         self.reports: list[BlockReport] = []
+        self.model_check: ModelCheck | None = None
 
     @property
     def details(self) -> list[str]:
-        """Per-block lines for the statistics report."""
-        return [r.line() for r in self.reports]
+        """Per-block lines for the statistics report, then the model check's."""
+        return [r.line() for r in self.reports] + ([self.model_check.line()] if self.model_check else [])
 
     def precondition(self, model: onnx_ir.Model) -> None:
         if not any(dialect.is_adaround_quantizer(n)
@@ -154,6 +162,7 @@ class AdaroundPass(QdqPass):
 
     def call(self, model: onnx_ir.Model) -> onnx_ir.passes.PassResult:
         self.reports = []
+        self.model_check = None
         inner = [n for n in dialect.quantizer_nodes(model)
                  if n.graph is not model.graph and n.op_type == dialect.ADAROUND_QUANTIZER]
         for node in inner:
@@ -186,7 +195,12 @@ class AdaroundPass(QdqPass):
         self.bump("num-blocks", len(partition))
         from qdq_passes.adaround.runner import Runner
 
-        for result in Runner(model, partition, calib, o, self.tuning).run():
+        from qdq_passes.adaround.model_check import Evaluator, check_model
+
+        evaluator = Evaluator.before_training(model, calib, o.holdout, o.seed) if o.model_check else None
+        results = Runner(model, partition, calib, o, self.tuning).run()
+        self.model_check = check_model(evaluator, results) if evaluator is not None else None
+        for result in results:
             self.reports.append(result.report)
             for name, count in result.stats.items():
                 self.bump(name, count)

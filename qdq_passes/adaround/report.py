@@ -5,6 +5,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx_ir
 
 __all__ = ["BlockReport", "BlockResult", "BlockStatus", "RoundingPath"]
 
@@ -16,6 +21,7 @@ class BlockStatus(enum.StrEnum):
     REVERTED = "reverted"  # AdaRound was worse than nearest on the held-out samples: nearest kept
     NO_WEIGHTS = "no-weights"  # nothing to train in the block
     SKIPPED = "skipped"  # not trained: no torch converter, torch could not run it, or an input missing
+    MODEL_REVERTED = "model-reverted"  # trained, then back to nearest by the model-level check
 
 
 class RoundingPath(enum.StrEnum):
@@ -64,3 +70,5 @@ class BlockResult:
 
     report: BlockReport
     stats: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    #: the quantizers whose codes the block wrote, each with its nearest-rounding codes
+    written: list[tuple[onnx_ir.Node, np.ndarray]] = dataclasses.field(default_factory=list)

@@ -158,6 +158,7 @@ class Runner:
             if materialize(node).alpha is not None:
                 before = _nearest_codes(node)
                 if write_back(node):
+                    result.written.append((node, before))
                     result.stats["num-weights-rounded"] += 1
                     after = constant_array(node.inputs[0])
                     result.stats["num-codes-changed"] += int(np.count_nonzero(after.astype(np.int64) != before))

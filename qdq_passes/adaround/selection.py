@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["reconstruction_loss", "per_sample_loss", "clearly_lower", "Candidate", "Samples", "hold_out"]
+__all__ = ["reconstruction_loss", "per_sample_loss", "clearly_lower", "Candidate", "Samples", "hold_out",
+           "held_out_split"]
 
 
 def _differences(outs: Sequence[torch.Tensor], tgts: Sequence[torch.Tensor], relus: Sequence[bool],
@@ -86,16 +87,25 @@ class Samples:
     held_out: bool  # False: no samples kept out (the check runs on the training samples)
 
 
+def held_out_split(n_all: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The sorted indices of the held-out samples and of the training ones: ``share`` of ``n_all``,
+    the same ones in every block and at the model level (by ``seed``); None when none is held out."""
+    n_check = int(round(share * n_all))
+    if not 0 < n_check < n_all:
+        return None
+    order = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))
+    return order[:n_check].sort().values, order[n_check:].sort().values
+
+
 def hold_out(train_inputs: list[torch.Tensor], q_inputs: list[torch.Tensor], targets: list[torch.Tensor],
              share: float, seed: int, device: torch.device) -> Samples:
-    """Keep ``share`` of the samples out of training (the same ones in every block, by ``seed``)."""
+    """Keep ``share`` of the samples out of training (:func:`held_out_split`)."""
     n_all = train_inputs[0].shape[0] if train_inputs and train_inputs[0].dim() else 0
-    n_check = int(round(share * n_all))
+    split = held_out_split(n_all, share, seed)
     batched = all(t.dim() and t.shape[0] == n_all for t in [*q_inputs, *train_inputs, *targets])
-    if not (0 < n_check < n_all and batched):
+    if split is None or not batched:
         return Samples(train_inputs, targets, q_inputs, targets, held_out=False)
-    order = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed)).to(device)
-    check, train = order[:n_check].sort().values, order[n_check:].sort().values
+    check, train = (t.to(device) for t in split)
     return Samples([t.index_select(0, train) for t in train_inputs], [t.index_select(0, train) for t in targets],
                    [t.index_select(0, check) for t in q_inputs], [t.index_select(0, check) for t in targets],
                    held_out=True)
