@@ -137,10 +137,8 @@ def run_case(case: GoldenCase) -> GoldenResult:
     from qdq_passes.model_io import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        source = case.path if case.index == 0 and case.text == case.path.read_text(encoding="utf-8") else (
-            Path(tmp) / case.path.name)
-        if source != case.path:
-            source.write_text(case.text, encoding="utf-8")
+        source = Path(tmp) / case.path.name  # the case's own text, however many its file holds
+        source.write_text(case.text, encoding="utf-8")
         out = Path(tmp) / "out.onnx"
         argv = [str(source) if a == "%s" else a for a in case.run] + ["-o", str(out)]
         stderr = io.StringIO()

@@ -13,6 +13,7 @@ before the Relu for the first ``1 - relu-refine`` of the steps, then the exact l
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import math
@@ -76,17 +77,17 @@ class DirectObjective:
         return loss
 
 
-class _SingleWeightObjective:
+class _SingleWeightObjective(abc.ABC):
     """A one-weight objective with a hand-written gradient: no autograd graph per step."""
 
     def __init__(self, weight: SoftWeight, reg: float) -> None:
         self.weight = weight
         self.reg = reg
 
+    @abc.abstractmethod
     def loss_and_grad(self, soft: torch.Tensor, generator: torch.Generator,
                       shown: bool) -> tuple[torch.Tensor | float | None, torch.Tensor]:
         """The loss (where ``shown``) and its gradient in the soft weight."""
-        raise NotImplementedError
 
     def step(self, beta: float | None, generator: torch.Generator, shown: bool) -> torch.Tensor | float | None:
         w = self.weight
@@ -177,19 +178,21 @@ def plan(options: AdaroundOptions, tuning: Tuning, split: Split, frontier: Front
     direct = DirectObjective(split, frontier, taken, relus, weights, batch, o.reg)
     if layout:
         return Plan(None, 0, direct, RoundingPath.DIRECT, o.iters)
-    node = match_single_linear(split, weights) if o.gram != "off" else None
+    node = match_single_linear(split, weights)
+    gram_node = node if o.gram != "off" else None
     gram = None
     first_steps = 0
-    if node is not None and relus == [False]:
-        gram = _gram_objective(o, node, split, frontier, weights[0], targets[0], eval_chunk, block, False)
+    if gram_node is not None and relus == [False]:
+        gram = _gram_objective(o, gram_node, split, frontier, weights[0], targets[0], eval_chunk, block, False)
         first_steps = o.iters if gram is not None else 0
-    elif node is not None and relus == [True] and o.relu_refine < 1:
+    elif gram_node is not None and relus == [True] and o.relu_refine < 1:
         # Compared after a Relu: the Gram form of the loss before it for the first steps.
-        gram = _gram_objective(o, node, split, frontier, weights[0], targets[0], eval_chunk, block, True)
+        gram = _gram_objective(o, gram_node, split, frontier, weights[0], targets[0], eval_chunk, block, True)
         first_steps = round((1 - o.relu_refine) * o.iters) if gram is not None else 0
     rest: Objective = direct
     if first_steps != o.iters:
-        conv = _conv_objective(o, tuning, split, frontier, weights, taken, relus, batch)
+        conv = _conv_objective(o, node, split, frontier, weights[0], taken[0], batch) if (
+            node is not None and tuning.conv_fast and relus == [True] and split.cut) else None
         rest = conv if conv is not None else direct
     name = "conv" if isinstance(rest, ConvReluObjective) else "direct"
     path = "gram" if first_steps == o.iters else f"gram+{name}" if first_steps else name
@@ -237,14 +240,10 @@ def _gram_objective(o: AdaroundOptions, node: onnx_ir.Node, split: Split, fronti
     return GramObjective(weight, o.reg, gram)
 
 
-def _conv_objective(o: AdaroundOptions, tuning: Tuning, split: Split, frontier: Frontier,
-                    weights: list[SoftWeight], targets: list[torch.Tensor], relus: list[bool],
-                    batch: int) -> ConvReluObjective | None:
-    """The conv fast path's objective where it is exact; else None."""
-    node = match_single_linear(split, weights) if tuning.conv_fast and relus == [True] and split.cut else None
-    if node is None:
-        return None
-    weight = weights[0]
+def _conv_objective(o: AdaroundOptions, node: onnx_ir.Node, split: Split, frontier: Frontier, weight: SoftWeight,
+                    target: torch.Tensor, batch: int) -> ConvReluObjective | None:
+    """The conv fast path's objective for the block's one linear ``node`` (compared after a Relu,
+    its Relu taken in ``target``) where it is exact; else None."""
     geometry = conv_geometry(node, tuple(weight.weight.shape))
     if geometry is None:
         return None
@@ -257,7 +256,6 @@ def _conv_objective(o: AdaroundOptions, tuning: Tuning, split: Split, frontier: 
         bias = constants[split.constants.index(node.inputs[2])]
         if bias.dim() != 1:
             return None
-    target = targets[0]
     if (x.dim() != 4 or target.dim() != 4 or not x.is_floating_point() or x.dtype != weight.weight.dtype
             or target.dtype != x.dtype):
         return None

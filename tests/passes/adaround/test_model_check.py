@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnx_ir
 import pytest
+import torch
 
 import qdq_passes
 from qdq_passes.adaround import AdaroundPass, BlockStatus
@@ -32,7 +33,7 @@ def _spoil_block(monkeypatch) -> None:
     def spoiled(self):  # noqa: ANN001, ANN202
         result = original(self)
         if self.job.block.index == HURT:
-            with __import__("torch").no_grad():
+            with torch.no_grad():
                 for p in self.params:
                     p.neg_()
         return result
