@@ -31,6 +31,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,8 +52,9 @@ WORK = ROOT / "benchmarks" / "_work" / "real_models"
 QUARK_PY = vs_peers.ENVS / "quark" / "bin" / "python"
 
 
-def build(name: str, bits: int, samples: int) -> Path:
-    """The case folder: float.onnx (named nodes), calib/holdout.npz, qdq_keep.onnx, qdq[_int8c].onnx."""
+def build(name: str, bits: int, samples: int, held_out: int) -> Path:
+    """The case folder: float.onnx (named nodes), calib/holdout.npz, qdq_keep.onnx, qdq[_int8c].onnx.
+    An existing case is reused; only its held-out draw is redrawn when ``held_out`` differs."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -62,9 +64,16 @@ def build(name: str, bits: int, samples: int) -> Path:
     model = MODELS[name]
     case = WORK / f"{name}-w{bits}"
     if (case / "meta.json").exists():
+        meta = json.loads((case / "meta.json").read_text())
+        if meta["samples"] != samples:
+            raise ValueError(f"{case} was built with {meta['samples']} calibration samples, not {samples}: "
+                             "remove it to rebuild")
+        if meta["held_out"] != held_out:
+            np.savez(case / "holdout.npz", **split(model, samples, held_out)[1])
+            (case / "meta.json").write_text(json.dumps({**meta, "held_out": held_out}))
         return case
     case.mkdir(parents=True, exist_ok=True)
-    calib, holdout = split(model, samples, samples)
+    calib, holdout = split(model, samples, held_out)
     src = float_model(model, case)
     proto = onnx.load(src)
     for node in proto.graph.node:  # Quark pairs float and quantized layers by node name
@@ -82,15 +91,24 @@ def build(name: str, bits: int, samples: int) -> Path:
     if bits == 4:
         onnx.save(int4_to_int8_containers(onnx.load(case / "qdq.onnx"))[0], case / "qdq_int8c.onnx")
     (case / "meta.json").write_text(json.dumps({"bits": bits, "classes": model.kind == "classifier",
-                                                "batch_axes": model.batch_axes}))
+                                                "batch_axes": model.batch_axes, "samples": samples,
+                                                "held_out": held_out}))
     return case
 
 
-def run_tool(tool: str, case: Path, iters: int) -> tuple[dict, Path | None]:
-    """Run one tool on the case; its timing/result dict and output model (None for failures)."""
-    out = case / f"{tool}.onnx"
+def run_tool(tool: str, case: Path, iters: int, extra: str = "", reuse: bool = False, insert: str = "") -> tuple[dict, Path | None]:
+    """Run one tool on the case (``extra``, ``insert``: more ``adaround``, ``insert-quantizers``
+    options for ours; ``reuse``: an earlier
+    run's model and figures where there are some); its timing/result dict and output model (None for
+    failures)."""
     if tool == "nearest":
         return {"rc": 0, "wall_s": 0.0}, case / "qdq.onnx"
+    tail = " ".join(t for t in (insert, extra) if t)
+    out = case / f"{tool}-{iters}{'-' + _slug(tail) if tail and tool == 'ours' else ''}.onnx"
+    saved = out.with_suffix(".json")
+    if reuse and saved.exists():
+        result = json.loads(saved.read_text())
+        return result, (out if result.get("rc") == 0 and out.exists() else None)
     if tool == "quark":
         meta = json.loads((case / "meta.json").read_text())
         if any(a != 0 for a in meta["batch_axes"].values()):
@@ -102,20 +120,26 @@ def run_tool(tool: str, case: Path, iters: int) -> tuple[dict, Path | None]:
     else:
         model = MODELS[case.name.rsplit("-w", 1)[0]]
         axes = " ".join(f"calib-batch-axis={e}" for e in batch_axis_options(model))
-        pipeline = (f"insert-quantizers{{weights=adaround}},adaround{{iters={iters} batch-size=32 lr=0.1 threads=1"
-                    f"{' ' + axes if axes else ''}}},lower-qdq,fold-qdq")
+        pipeline = (f"insert-quantizers{{weights=adaround{' ' + insert if insert else ''}}},adaround{{iters={iters} batch-size=32 lr=0.1 threads=1"
+                    f"{' ' + axes if axes else ''}{' ' + extra if extra else ''}}},lower-qdq,fold-qdq")
         cmd = [sys.executable, "-m", "qdq_passes.cli", str(case / "qdq_keep.onnx"), "-o", str(out),
                "--calib", str(case / "calib.npz"), "--threads", "1", "-p", pipeline, "--timing"]
-    result = vs_peers.timed(cmd, case / f"{tool}.log", 1, case)
+    result = vs_peers.timed(cmd, out.with_suffix(".log"), 1, case)
+    saved.write_text(json.dumps(result))
     return result, (out if result.get("rc") == 0 and out.exists() else None)
 
 
-def score(case: Path, model: Path) -> dict:
-    """SQNR over every output and (classifiers) top-1 agreement with the float model, held out."""
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
+
+
+def score(case: Path, model: Path, data: str = "holdout") -> dict:
+    """SQNR over every output and (classifiers) top-1 agreement with the float model on ``data``
+    (``holdout``, or ``calib`` to see how much a tool fitted its calibration samples)."""
     import onnxruntime as ort
 
     meta = json.loads((case / "meta.json").read_text())
-    holdout = dict(np.load(case / "holdout.npz"))
+    holdout = dict(np.load(case / f"{data}.npz"))
     axes = meta["batch_axes"]
     n = next(v.shape[axes.get(k, 0)] for k, v in holdout.items() if axes.get(k, 0) is not None)
     so = ort.SessionOptions()
@@ -148,8 +172,13 @@ def main() -> None:
     p.add_argument("models", nargs="*", default=list(MODELS))
     p.add_argument("--iters", type=int, default=1000)
     p.add_argument("--bits", default="8,4")
-    p.add_argument("--samples", type=int, default=64, help="calibration samples (and as many held out)")
+    p.add_argument("--samples", type=int, default=64, help="calibration samples")
+    p.add_argument("--held-out", type=int, default=256, help="held-out samples scored (another draw)")
+    p.add_argument("--reuse", action="store_true", help="score an earlier run's models instead of rerunning")
     p.add_argument("--tools", default="nearest,quark,ours")
+    p.add_argument("--ours-options", default="", help="more adaround options for ours, e.g. 'granularity=layer'")
+    p.add_argument("--ours-insert", default="", help="more insert-quantizers options for ours")
+    p.add_argument("--score-calib", action="store_true", help="also score on the calibration samples")
     a = p.parse_args()
     import qdq_passes
 
@@ -158,16 +187,21 @@ def main() -> None:
     for name in a.models:
         for bits in (int(b) for b in a.bits.split(",")):
             try:
-                case = build(name, bits, a.samples)
+                case = build(name, bits, a.samples, a.held_out)
             except Exception as exc:  # noqa: BLE001 - a model that cannot be prepared is a row
                 rows.append({"model": name, "bits": bits, "tool": "-", "error": f"not built: {exc}"[:200]})
                 continue
             for tool in a.tools.split(","):
-                result, out = run_tool(tool, case, a.iters)
-                row = {"model": name, "bits": bits, "tool": tool, **result}
+                result, out = run_tool(tool, case, a.iters, a.ours_options, a.reuse, a.ours_insert)
+                tail = " ".join(t for t in (a.ours_insert, a.ours_options) if t)
+                label = f"ours{{{tail}}}" if tool == "ours" and tail else tool
+                row = {"model": name, "bits": bits, "tool": label, **result}
                 if out is not None:
                     try:
                         row.update(score(case, out))
+                        if a.score_calib:
+                            calib = score(case, out, "calib")
+                            row.update(calib_sqnr_db=calib["sqnr_db"], calib_top1=calib["top1"])
                     except Exception as exc:  # noqa: BLE001
                         row["error"] = f"not scored: {exc}"[:200]
                 rows.append(row)
@@ -184,9 +218,12 @@ def table(rows: list[dict], a: argparse.Namespace) -> str:
         return "-" if v is None else format(v, spec)
 
     lines = [f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}, {a.iters} iterations, "
-             f"{a.samples} calibration + {a.samples} held-out samples, 1 thread", "",
+             f"{a.samples} calibration + {a.held_out} held-out samples, 1 thread", "",
              "| model | W | tool | SQNR dB | top-1 = float | wall s | peak RSS MB | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "calib_sqnr_db" in r:
+            r.setdefault("note", f"on the calibration samples: {r['calib_sqnr_db']:.2f} dB, top-1 "
+                                 f"{f(r['calib_top1'], '.3f')}")
         lines.append(f"| {r['model']} | {r['bits']} | {r['tool']} | {f(r.get('sqnr_db'), '.2f')} | "
                      f"{f(r.get('top1'), '.3f')} | {f(r.get('wall_s'), '.1f')} | {f(r.get('rss_mb'), '.0f')} | "
                      f"{r.get('error', r.get('note', ''))} |")

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir
 
-from qdq_passes.infra.errors import PreconditionFailed, QuantizationError
+from qdq_passes.infra.errors import OptionError, PreconditionFailed, QuantizationError
 from qdq_passes.infra.options import PassOptions, option
 from qdq_passes.infra.pass_base import QdqPass
 from qdq_passes.infra.registry import register_pass
@@ -35,12 +35,19 @@ class InsertQuantizersOptions(PassOptions):
         "int",
         "integer weight quantizers: int = INTQuantizer, adaround = AdaroundINTQuantizer (nearest rounding until AdaRound runs)",
     )
+    adaround_ops: tuple[str, ...] = option(
+        (), "with weights=adaround: only weights read by these op types (e.g. [Conv,Gemm,MatMul]) get "
+        "AdaroundINTQuantizer, the others INTQuantizer (nearest rounding, never trained); empty: every weight")
     float_model: str | None = option(
         None,
         "reference float model: folded weights first get their original float weights back (as unfold-qdq "
         "does, matched by graph structure), so AdaRound can round them again",
         input_path=True,
     )
+
+    def validate(self) -> None:
+        if self.adaround_ops and self.weights != "adaround":
+            raise OptionError("option 'adaround-ops' needs weights=adaround", key="adaround-ops")
 
 
 @register_pass
@@ -50,7 +57,8 @@ class InsertQuantizersPass(QdqPass):
     1. Activation ``Q -> DQ``: ``INTQuantizer(x, scale, zero_point)`` replaces the DQ (one per DQ:
        a Q shared by several DQs gives one quantizer each); the Q is removed once unused.
     2. Weight ``Q(W float constant) -> DQ``: ``INTQuantizer(W, ...)``, or with ``weights=adaround``
-       ``AdaroundINTQuantizer(W, ..., rounding="nearest")``.
+       ``AdaroundINTQuantizer(W, ..., rounding="nearest")`` (with ``adaround-ops``, only where every
+       op reading it is one of those).
     3. Folded weight ``DQ(W integer constant)``: the same ops with ``q_folded=1`` on the stored codes.
     4. int32 bias ``DQ``: ``INTQuantizer(q_folded=1, qdtype=INT32)``, never AdaRound.
     5. float8 points: ``FPQuantizer`` when it is exact (``saturate=1``, float32 scale and input);
@@ -135,12 +143,17 @@ class InsertQuantizersPass(QdqPass):
         self.bump("num-skipped")
         logger.info("%s: left %s alone: %s", self.argument, node_label(node), reason)
 
+    def _trained(self, point: QPoint) -> bool:
+        """Whether ``adaround-ops`` lets AdaRound train this weight: every op reading it is listed."""
+        ops = self.options.adaround_ops
+        return not ops or all(use.node.op_type in ops for use in point.dq.outputs[0].uses())
+
     def _quantizer_for(self, point: QPoint, model: onnx_ir.Model) -> onnx_ir.Node:
         spec = point.spec
         folded = point.q is None
         if spec.is_float8:
             op = dialect.FP_QUANTIZER
-        elif point.kind in ("weight", "folded_weight") and self.options.weights == "adaround":
+        elif point.kind in ("weight", "folded_weight") and self.options.weights == "adaround" and self._trained(point):
             op = dialect.ADAROUND_QUANTIZER
         else:
             op = dialect.INT_QUANTIZER
