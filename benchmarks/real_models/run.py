@@ -1,9 +1,10 @@
 """Real pretrained models from PyPI wheels: nearest rounding, AMD Quark's AdaRound and ours, side by side.
 
-    python benchmarks/real_models/run.py [--iters 1000] [--bits 8,4] [--samples 64] [MODEL ...]
+    python benchmarks/real_models/run.py [--iters 1000] [--bits 8,4] [--samples 64] [--held-out 256] [MODEL ...]
 
 Per model (``tests/real_models.py``: fetched from its pinned wheel, fed real offline data, disjoint
-calibration and held-out draws) and weight width, in ``benchmarks/_work/real_models/<model>-w<B>/``:
+calibration and held-out draws, 256 held out unless ``--held-out`` says otherwise) and weight
+width, in ``benchmarks/_work/real_models/<model>-w<B>/``:
 onnxruntime's ``quantize_static`` makes the QDQ model as a user would (QDQ, MinMax, symmetric
 per-channel weights, uint8 activations; W8 at opset 13, W4 at opset 21), once with float weights as
 Q/DQ pairs (what ours reads) and once folded (what Quark's fast-finetune reads; W4 as 4-bit codes
@@ -221,12 +222,13 @@ def table(rows: list[dict], a: argparse.Namespace) -> str:
              f"{a.samples} calibration + {a.held_out} held-out samples, 1 thread", "",
              "| model | W | tool | SQNR dB | top-1 = float | wall s | peak RSS MB | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        note = r.get("error") or r.get("note") or ""
         if "calib_sqnr_db" in r:
-            r.setdefault("note", f"on the calibration samples: {r['calib_sqnr_db']:.2f} dB, top-1 "
-                                 f"{f(r['calib_top1'], '.3f')}")
+            note = "; ".join(filter(None, [note, f"on the calibration samples: {r['calib_sqnr_db']:.2f} dB, "
+                                                 f"top-1 {f(r['calib_top1'], '.3f')}"]))
         lines.append(f"| {r['model']} | {r['bits']} | {r['tool']} | {f(r.get('sqnr_db'), '.2f')} | "
                      f"{f(r.get('top1'), '.3f')} | {f(r.get('wall_s'), '.1f')} | {f(r.get('rss_mb'), '.0f')} | "
-                     f"{r.get('error', r.get('note', ''))} |")
+                     f"{note} |")
     return "\n".join(lines)
 
 
